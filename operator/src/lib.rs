@@ -1,0 +1,2 @@
+//! loopscale's control side: the Experiment CRD, the step planner, the experiment engine and its
+//! backends, and the `loopscale` CLI.
