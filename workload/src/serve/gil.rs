@@ -191,7 +191,9 @@ fn release(inner: &Inner, ticket: u64) {
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic while holding this small lock leaves consistent state (no invariant spans a panic
     // point), so recovering from poison is safe and keeps the server serving.
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -207,10 +209,20 @@ mod tests {
         let interval = ms(5);
         assert!(!drop_requested(t0 + ms(100), t0, None, interval));
         // Waiter arrived at 10 ms: not before 15 ms.
-        assert!(!drop_requested(t0 + ms(14), t0, Some(t0 + ms(10)), interval));
+        assert!(!drop_requested(
+            t0 + ms(14),
+            t0,
+            Some(t0 + ms(10)),
+            interval
+        ));
         assert!(drop_requested(t0 + ms(15), t0, Some(t0 + ms(10)), interval));
         // Waiter waiting since 0, but the holder changed at 20 ms: the timer restarts.
-        assert!(!drop_requested(t0 + ms(22), t0 + ms(20), Some(t0), interval));
+        assert!(!drop_requested(
+            t0 + ms(22),
+            t0 + ms(20),
+            Some(t0),
+            interval
+        ));
         assert!(drop_requested(t0 + ms(25), t0 + ms(20), Some(t0), interval));
     }
 
@@ -267,16 +279,24 @@ mod tests {
         let waits = Arc::new(Mutex::new(Vec::new()));
         let recorded = waits.clone();
         let gil = Arc::new(
-            Gil::enabled(Duration::from_millis(5)).with_wait_observer(Box::new(move |_, w| {
-                recorded.lock().unwrap().push(w)
-            })),
+            Gil::enabled(Duration::from_millis(5))
+                .with_wait_observer(Box::new(move |_, w| recorded.lock().unwrap().push(w))),
         );
         let holder = {
             let gil = gil.clone();
             std::thread::spawn(move || gil.run_cpu(GilThread::Pool, Duration::from_millis(300)))
         };
         // Let the holder take it, then ask for it with a tiny piece of work.
-        while gil.inner.as_ref().unwrap().state.lock().unwrap().holder.is_none() {
+        while gil
+            .inner
+            .as_ref()
+            .unwrap()
+            .state
+            .lock()
+            .unwrap()
+            .holder
+            .is_none()
+        {
             std::thread::yield_now();
         }
         let asked = Instant::now();
@@ -286,7 +306,10 @@ mod tests {
         holder.join().unwrap();
         // Without hand-off the waiter would wait for all 300 ms of the holder's work; with it,
         // about 5 ms plus scheduling noise.
-        assert!(holder_was_running, "the holder finished before the waiter got in");
+        assert!(
+            holder_was_running,
+            "the holder finished before the waiter got in"
+        );
         assert!(waited < Duration::from_millis(150), "waited {waited:?}");
         assert!(gil.switches() >= 1);
         assert!(waits.lock().unwrap().len() >= 2);

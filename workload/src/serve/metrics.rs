@@ -330,7 +330,10 @@ mod tests {
                 .count(),
             1
         );
-        assert_eq!(merged.matches("# HELP process_cpu_seconds_total").count(), 1);
+        assert_eq!(
+            merged.matches("# HELP process_cpu_seconds_total").count(),
+            1
+        );
         for w in ["0", "1"] {
             let count_line = format!(
                 "loopscale_http_request_duration_seconds_count{{route=\"/hello\",worker=\"{w}\"}} 1"

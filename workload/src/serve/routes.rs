@@ -164,7 +164,10 @@ async fn cpu_work(s: &AppState, work: Duration) {
     }
 }
 
-async fn cpu(State(s): Shared, q: Result<Query<RawParams>, QueryRejection>) -> Result<String, ParamError> {
+async fn cpu(
+    State(s): Shared,
+    q: Result<Query<RawParams>, QueryRejection>,
+) -> Result<String, ParamError> {
     let ms = parse_millis("ms", params(q)?.ms.as_deref())?;
     cpu_work(&s, ms).await;
     Ok(format!("cpu {} ms\n", ms.as_secs_f64() * 1000.0))
@@ -182,7 +185,10 @@ async fn cpu_inline(
     Ok(format!("cpu-inline {} ms\n", ms.as_secs_f64() * 1000.0))
 }
 
-async fn mixed(State(s): Shared, q: Result<Query<RawParams>, QueryRejection>) -> Result<String, ParamError> {
+async fn mixed(
+    State(s): Shared,
+    q: Result<Query<RawParams>, QueryRejection>,
+) -> Result<String, ParamError> {
     let p = params(q)?;
     let io_ms = parse_millis("io_ms", p.io_ms.as_deref())?;
     let cpu_ms = parse_millis("cpu_ms", p.cpu_ms.as_deref())?;
@@ -199,7 +205,10 @@ async fn mixed(State(s): Shared, q: Result<Query<RawParams>, QueryRejection>) ->
     ))
 }
 
-async fn offload(State(s): Shared, q: Result<Query<RawParams>, QueryRejection>) -> Result<String, ParamError> {
+async fn offload(
+    State(s): Shared,
+    q: Result<Query<RawParams>, QueryRejection>,
+) -> Result<String, ParamError> {
     let ms = parse_millis("ms", params(q)?.ms.as_deref())?;
     s.pool.run(move || burn_cpu(ms)).await;
     Ok(format!("offload {} ms\n", ms.as_secs_f64() * 1000.0))
@@ -292,7 +301,10 @@ mod tests {
     #[test]
     fn good_values_parse_to_durations() {
         assert_eq!(parse_millis("ms", Some("0")), Ok(Duration::ZERO));
-        assert_eq!(parse_millis("ms", Some("10")), Ok(Duration::from_millis(10)));
+        assert_eq!(
+            parse_millis("ms", Some("10")),
+            Ok(Duration::from_millis(10))
+        );
         assert_eq!(
             parse_millis("ms", Some("0.5")),
             Ok(Duration::from_micros(500))
@@ -308,19 +320,28 @@ mod tests {
         assert_eq!(parse_millis("ms", None), Err(ParamError::Missing("ms")));
         for v in ["abc", "", "1e", "NaN", "nan", "inf", "0x10", "1,5"] {
             assert!(
-                matches!(parse_millis("ms", Some(v)), Err(ParamError::NotANumber { .. })),
+                matches!(
+                    parse_millis("ms", Some(v)),
+                    Err(ParamError::NotANumber { .. })
+                ),
                 "{v}"
             );
         }
         for v in ["-1", "-0.5", "-inf"] {
             assert!(
-                matches!(parse_millis("ms", Some(v)), Err(ParamError::Negative { .. })),
+                matches!(
+                    parse_millis("ms", Some(v)),
+                    Err(ParamError::Negative { .. })
+                ),
                 "{v}"
             );
         }
         for v in ["60000.1", "1e9", "99999999999999999999999"] {
             assert!(
-                matches!(parse_millis("ms", Some(v)), Err(ParamError::TooLarge { .. })),
+                matches!(
+                    parse_millis("ms", Some(v)),
+                    Err(ParamError::TooLarge { .. })
+                ),
                 "{v}"
             );
         }

@@ -91,11 +91,10 @@ impl Supervisor {
             }
         }
         let mut texts = vec![self.metrics.exposition()];
-        let answers =
-            futures::future::join_all(waits.into_iter().map(|(i, id, rx)| async move {
-                (i, id, tokio::time::timeout(GATHER_TIMEOUT, rx).await)
-            }))
-            .await;
+        let answers = futures::future::join_all(waits.into_iter().map(|(i, id, rx)| async move {
+            (i, id, tokio::time::timeout(GATHER_TIMEOUT, rx).await)
+        }))
+        .await;
         for (i, id, answer) in answers {
             let mut slots = self.slots();
             match answer {
@@ -302,8 +301,7 @@ async fn spawn_worker(
     shared_listener: Option<&OwnedFd>,
 ) -> std::io::Result<std::process::ExitStatus> {
     let (sup_control, worker_control) = std::os::unix::net::UnixStream::pair()?;
-    let (sup_connections, worker_connections): (Option<OwnedFd>, OwnedFd) = match shared_listener
-    {
+    let (sup_connections, worker_connections): (Option<OwnedFd>, OwnedFd) = match shared_listener {
         Some(listener) => (None, listener.try_clone()?),
         None => {
             let (a, b) = connection_channel()?;

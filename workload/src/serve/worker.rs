@@ -168,8 +168,9 @@ pub fn run(config: Config, worker: usize) -> ExitCode {
     let metrics = Arc::new(WorkerMetrics::new(worker, config.mode));
     let gil = if config.mode == Mode::ThreadPool && config.gil {
         let m = metrics.clone();
-        Gil::enabled(config.gil_switch_interval)
-            .with_wait_observer(Box::new(move |thread, waited| m.observe_gil_wait(thread, waited)))
+        Gil::enabled(config.gil_switch_interval).with_wait_observer(Box::new(
+            move |thread, waited| m.observe_gil_wait(thread, waited),
+        ))
     } else {
         Gil::disabled()
     };
