@@ -41,12 +41,17 @@ pub const WORKER_HEADER: &str = "x-loopscale-worker";
 
 /// What every handler of one worker shares.
 pub struct AppState {
+    /// Decides where each route's work runs.
     pub config: Config,
+    /// This worker's index, echoed in the `x-loopscale-worker` header.
     pub worker: usize,
+    /// This worker's registry.
     pub metrics: Arc<WorkerMetrics>,
+    /// The process's GIL (disabled outside thread-pool mode or with `LOOPSCALE_GIL=false`).
     pub gil: Arc<Gil>,
     /// anyio's limiter in thread-pool mode, libuv's pool in event-loop mode.
     pub pool: BoundedPool,
+    /// Readiness and the pod-wide scrape, via the supervisor.
     pub pod: Arc<PodLink>,
 }
 
@@ -55,6 +60,7 @@ type Shared = State<Arc<AppState>>;
 /// A request parameter that cannot be used; answered with 400 and this one-line reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ParamError {
+    /// The route needs this parameter.
     #[error("missing query parameter `{0}`")]
     Missing(&'static str),
     #[error("`{name}` must be a number of milliseconds, got {value:?}")]
