@@ -200,3 +200,19 @@ fn event_loop_offload_runs_on_the_libuv_pool_of_four() {
         assert!(max_queue > 0.0, "8 clients on 4 threads must queue");
     });
 }
+
+#[test]
+fn request_overhead_is_cpu_on_the_loop_for_every_request() {
+    let _serial = serial();
+    let server = Server::start(&[
+        ("LOOPSCALE_MODE", "event-loop"),
+        ("LOOPSCALE_REQUEST_OVERHEAD_US", "5000"),
+    ]);
+    let r = runtime().block_on(closed_loop(server.addr, "/hello", 8, 50));
+    let rps = r.throughput();
+    println!("hello with 5 ms overhead: {rps:.1} req/s");
+    assert_eq!(r.failed, 0);
+    // 5 ms of loop CPU per request: at most 200 per second from one process (and not charged
+    // twice, which would cap it at 100).
+    assert!((130.0..=210.0).contains(&rps), "{rps:.1} req/s");
+}
