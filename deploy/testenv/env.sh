@@ -21,6 +21,13 @@ kwok_port="${TESTENV_KWOK_PORT:-40247}"
 # Components in start order; `down` stops them in reverse.
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
+# True when pid is alive and still runs the binary `up` started under that name (pids get reused).
+is_ours() { # pid name
+	local exe
+	exe="$(readlink "/proc/$1/exe" 2>/dev/null)" || return 1
+	[[ "$exe" == "$bin_dir/$2" || "$exe" == "$bin_dir/$2 (deleted)" ]]
+}
+
 kubectl() {
 	"$bin_dir/kubectl" --kubeconfig "$kubeconfig" "$@"
 }
