@@ -237,6 +237,11 @@ async fn closed_loop(shared: Arc<Shared>) {
         shared.begin(measured);
         let outcome = shared.pool.request().await;
         shared.end(outcome, measured, started);
+        if !outcome.has_response() {
+            // A failure can complete without ever waiting on I/O (a refused connect on
+            // loopback); yield so a loop hammering a dead target cannot starve the runtime.
+            tokio::task::yield_now().await;
+        }
     }
 }
 
