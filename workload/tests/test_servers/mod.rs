@@ -262,7 +262,9 @@ pub fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Output {
 
 /// A fresh temporary file path for a report.
 pub fn temp_report(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("loopscale-load-tests-{}", std::process::id()));
+    // Under target/tmp (cargo's scratch space for integration tests), one folder per run.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("loopscale-load-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir.join(name)
 }
