@@ -1,2 +1,4 @@
 //! loopscale's control side: the Experiment CRD, the step planner, the experiment engine and its
 //! backends, and the `loopscale` CLI.
+pub mod crd;
+pub mod validation;
