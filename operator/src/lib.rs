@@ -2,3 +2,5 @@
 //! backends, and the `loopscale` CLI.
 pub mod crd;
 pub mod validation;
+pub mod planner;
+pub mod results;
