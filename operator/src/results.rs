@@ -143,7 +143,10 @@ pub fn summarize(results: &[StepResult]) -> Vec<ConfigSummary> {
     let mut out: Vec<ConfigSummary> = groups
         .into_iter()
         .map(|((mode, processes, replicas), rs)| {
-            let ok: Vec<&&StepResult> = rs.iter().filter(|r| r.outcome == Outcome::Succeeded).collect();
+            let ok: Vec<&&StepResult> = rs
+                .iter()
+                .filter(|r| r.outcome == Outcome::Succeeded)
+                .collect();
             let n = ok.len() as f64;
             let mean = |f: &dyn Fn(&StepResult) -> f64| {
                 if ok.is_empty() {
@@ -206,7 +209,11 @@ mod tests {
 
     #[test]
     fn efficiency_divides_by_the_baseline_times_total_processes() {
-        let mut rs = vec![ok(EventLoop, 1, 1, 1, 100.0), ok(EventLoop, 2, 2, 1, 300.0), ok(ThreadPool, 2, 1, 1, 90.0)];
+        let mut rs = vec![
+            ok(EventLoop, 1, 1, 1, 100.0),
+            ok(EventLoop, 2, 2, 1, 300.0),
+            ok(ThreadPool, 2, 1, 1, 90.0),
+        ];
         apply_scaling_efficiency(&mut rs);
         assert_eq!(rs[0].scaling_efficiency, Some(1.0));
         assert_eq!(rs[1].scaling_efficiency, Some(0.75));
@@ -238,7 +245,11 @@ mod tests {
 
     #[test]
     fn summaries_average_throughput_over_repetitions_and_take_median_percentiles() {
-        let mut rs = vec![ok(EventLoop, 1, 1, 1, 100.0), ok(EventLoop, 1, 1, 2, 200.0), ok(EventLoop, 1, 1, 3, 600.0)];
+        let mut rs = vec![
+            ok(EventLoop, 1, 1, 1, 100.0),
+            ok(EventLoop, 1, 1, 2, 200.0),
+            ok(EventLoop, 1, 1, 3, 600.0),
+        ];
         apply_scaling_efficiency(&mut rs);
         let s = summarize(&rs);
         assert_eq!(s.len(), 1);
