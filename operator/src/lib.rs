@@ -2,6 +2,8 @@
 //! backends, and the `loopscale` CLI.
 pub mod crd;
 pub mod engine;
+pub mod metrics;
 pub mod planner;
+pub mod render;
 pub mod results;
 pub mod validation;
