@@ -328,9 +328,9 @@ code {{ background: #f4f4f4; padding: 0 3px; }}
         (_, Some(c)) => format!("closed model, {c} in flight"),
         _ => spec.load.model.as_str().to_string(),
     };
-    let _ = write!(
+    let _ = writeln!(
         doc,
-        "<p>Route <code>{}</code>; {}; {} generator(s); warm-up {}, measured {} per step; {} repetition(s), {} order; GIL {}. Phase <b>{}</b>, {} of {} steps.</p>\n",
+        "<p>Route <code>{}</code>; {}; {} generator(s); warm-up {}, measured {} per step; {} repetition(s), {} order; GIL {}. Phase <b>{}</b>, {} of {} steps.</p>",
         escape(&scenario),
         escape(&load),
         spec.load.generators,
