@@ -9,7 +9,7 @@ use loopscale::local::find_workload_bin;
 use loopscale::planner::plan;
 use loopscale::render;
 use loopscale::run::{run, RunEnd, RunOptions};
-use loopscale::validation::{validate_manifest, ValidationError};
+use loopscale::validation::{validate_documents, ValidationError};
 
 /// Exit code for bad input (an invalid Experiment, an unreadable file).
 const EXIT_INVALID: u8 = 2;
@@ -58,23 +58,48 @@ enum Command {
     Crd,
 }
 
-fn load_manifest(file: &Path) -> Result<Experiment, ExitCode> {
+/// Read and validate every Experiment in `file`; on any violation print them all (naming the
+/// fields) and return exit code 2.
+fn load_manifests(file: &Path) -> Result<Vec<Experiment>, ExitCode> {
     let text = std::fs::read_to_string(file).map_err(|e| {
         eprintln!("error: cannot read {}: {e}", file.display());
         ExitCode::from(EXIT_INVALID)
     })?;
-    validate_manifest(&text).map_err(|e| {
-        match e {
-            ValidationError::Invalid(violations) => {
-                eprintln!("error: {} is not a valid Experiment:", file.display());
+    let documents = validate_documents(&text).map_err(|e| {
+        eprintln!("error: {}: {e}", file.display());
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    let many = documents.len() > 1;
+    let mut experiments = Vec::new();
+    let mut invalid = false;
+    for (i, document) in documents.into_iter().enumerate() {
+        let which = if many {
+            format!(" (document {})", i + 1)
+        } else {
+            String::new()
+        };
+        match document {
+            Ok(e) => experiments.push(e),
+            Err(ValidationError::Invalid(violations)) => {
+                invalid = true;
+                eprintln!(
+                    "error: {}{which} is not a valid Experiment:",
+                    file.display()
+                );
                 for v in violations {
                     eprintln!("  {v}");
                 }
             }
-            other => eprintln!("error: {}: {other}", file.display()),
+            Err(other) => {
+                invalid = true;
+                eprintln!("error: {}{which}: {other}", file.display());
+            }
         }
-        ExitCode::from(EXIT_INVALID)
-    })
+    }
+    if invalid {
+        return Err(ExitCode::from(EXIT_INVALID));
+    }
+    Ok(experiments)
 }
 
 fn main() -> ExitCode {
@@ -84,14 +109,16 @@ fn main() -> ExitCode {
             print!("{}", crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Validate { file } => match load_manifest(&file) {
-            Ok(exp) => {
-                println!(
-                    "{}: valid Experiment {:?}, {} steps",
-                    file.display(),
-                    exp.metadata.name.as_deref().unwrap_or(""),
-                    plan(&exp.spec).len()
-                );
+        Command::Validate { file } => match load_manifests(&file) {
+            Ok(experiments) => {
+                for exp in experiments {
+                    println!(
+                        "{}: valid Experiment {:?}, {} steps",
+                        file.display(),
+                        exp.metadata.name.as_deref().unwrap_or(""),
+                        plan(&exp.spec).len()
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -103,7 +130,7 @@ fn main() -> ExitCode {
             metrics_addr,
             workload_bin,
         } => {
-            let experiment = match load_manifest(&file) {
+            let experiments = match load_manifests(&file) {
                 Ok(e) => e,
                 Err(code) => return code,
             };
@@ -114,8 +141,6 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let name = experiment.metadata.name.clone().unwrap_or_default();
-            let out_dir = out.unwrap_or_else(|| PathBuf::from("loopscale-results").join(&name));
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -127,30 +152,43 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let options = RunOptions {
-                workload_bin,
-                out_dir: out_dir.clone(),
-                metrics_addr,
-            };
-            match runtime.block_on(run(experiment, options)) {
-                Ok((experiment, end)) => {
-                    print!("{}", render::table(&experiment));
-                    println!(
-                        "results: {}\nreport:  {}",
-                        out_dir.join("results.json").display(),
-                        out_dir.join("report.html").display()
-                    );
-                    match end {
-                        RunEnd::Succeeded => ExitCode::SUCCESS,
-                        RunEnd::Failed => ExitCode::FAILURE,
-                        RunEnd::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
+            let many = experiments.len() > 1;
+            let mut code = ExitCode::SUCCESS;
+            // Several Experiments in one file run one after the other, each in its own directory.
+            for experiment in experiments {
+                let name = experiment.metadata.name.clone().unwrap_or_default();
+                let out_dir = match (&out, many) {
+                    (Some(dir), false) => dir.clone(),
+                    (Some(dir), true) => dir.join(&name),
+                    (None, _) => PathBuf::from("loopscale-results").join(&name),
+                };
+                let options = RunOptions {
+                    workload_bin: workload_bin.clone(),
+                    out_dir: out_dir.clone(),
+                    metrics_addr,
+                };
+                match runtime.block_on(run(experiment, options)) {
+                    Ok((experiment, end)) => {
+                        println!("experiment {name}:");
+                        print!("{}", render::table(&experiment));
+                        println!(
+                            "results: {}\nreport:  {}",
+                            out_dir.join("results.json").display(),
+                            out_dir.join("report.html").display()
+                        );
+                        match end {
+                            RunEnd::Succeeded => {}
+                            RunEnd::Failed => code = ExitCode::FAILURE,
+                            RunEnd::Interrupted => return ExitCode::from(EXIT_INTERRUPTED),
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::FAILURE;
                     }
                 }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
             }
+            code
         }
     }
 }

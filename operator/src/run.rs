@@ -147,7 +147,10 @@ pub fn write_outputs(experiment: &Experiment, out_dir: &Path) -> anyhow::Result<
     Ok(())
 }
 
-async fn serve_metrics(addr: SocketAddr, registry: Registry) -> anyhow::Result<SocketAddr> {
+async fn serve_metrics(
+    addr: SocketAddr,
+    registry: Registry,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for --metrics-addr"))?;
@@ -165,10 +168,10 @@ async fn serve_metrics(addr: SocketAddr, registry: Registry) -> anyhow::Result<S
             }
         }),
     );
-    tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok(local)
+    Ok((local, server))
 }
 
 /// Run `experiment` (already validated) with local processes until it finishes or is
@@ -190,9 +193,11 @@ pub async fn run(
     let metrics = ExperimentMetrics::register(&registry)?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut server = None;
     if let Some(addr) = options.metrics_addr {
-        let local = serve_metrics(addr, registry.clone()).await?;
+        let (local, handle) = serve_metrics(addr, registry.clone()).await?;
         eprintln!("metrics on http://{local}/metrics");
+        server = Some(handle);
     }
 
     let mut status = experiment.status.clone().unwrap_or_default();
@@ -252,5 +257,8 @@ pub async fn run(
     experiment.status = Some(status.clone());
     metrics.observe(LOCAL_NAMESPACE, &name, &status);
     write_outputs(&experiment, &options.out_dir)?;
+    if let Some(server) = server {
+        server.abort();
+    }
     Ok((experiment, end))
 }
