@@ -107,7 +107,7 @@ fn nice_ceiling(v: f64) -> f64 {
     }
     let exp = v.log10().floor();
     let base = 10f64.powf(exp);
-    for m in [1.0, 2.0, 5.0, 10.0] {
+    for m in [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0] {
         if v <= m * base {
             return m * base;
         }
