@@ -2,6 +2,10 @@
 //! backends, and the `loopscale` CLI.
 pub mod crd;
 pub mod engine;
+pub mod local;
+pub mod metrics;
 pub mod planner;
+pub mod render;
 pub mod results;
+pub mod run;
 pub mod validation;

@@ -2,6 +2,8 @@
 //! averaged) and the scaling efficiency of each step against its mode's 1 × 1 baseline. Pure.
 use std::collections::BTreeMap;
 
+use loopscale_workload::report::{merge, Report, ReportError};
+
 use crate::crd::{LatencyMs, Mode, Outcome, StepKey, StepResult};
 
 /// What one step measured, before it is keyed and compared with the baseline.
@@ -21,6 +23,28 @@ pub struct Measurement {
     pub window_seconds: f64,
     /// Reports merged.
     pub generators: u32,
+}
+
+/// Merge the reports of the generators that ran side by side in one step (exact: histograms and
+/// counts add) and read the step's figures off the merged report.
+pub fn measure(reports: &[Report]) -> Result<Measurement, ReportError> {
+    let merged = merge(reports)?;
+    let s = &merged.summary;
+    Ok(Measurement {
+        throughput_rps: s.throughput_rps,
+        latency_ms: LatencyMs {
+            p50: s.latency_ms.p50,
+            p90: s.latency_ms.p90,
+            p99: s.latency_ms.p99,
+            p999: s.latency_ms.p999,
+            max: s.latency_ms.max,
+        },
+        requests: s.requests,
+        error_ratio: merged.error_ratio(),
+        dropped_ratio: merged.dropped_ratio(),
+        window_seconds: merged.window_secs,
+        generators: reports.len() as u32,
+    })
 }
 
 /// A succeeded step's result (efficiency is filled in by [`apply_scaling_efficiency`]).
@@ -205,6 +229,50 @@ mod tests {
                 generators: 1,
             },
         )
+    }
+
+    fn report(latencies_us: &[u64], ok: u64, dropped: u64) -> Report {
+        use loopscale_workload::report::{new_histogram, Counts, Errors, GeneratorInfo, LoadModel};
+        let mut h = new_histogram();
+        for &l in latencies_us {
+            h.record(l).unwrap();
+        }
+        let info = GeneratorInfo {
+            model: LoadModel::Open,
+            rate: Some(100.0),
+            concurrency: 10,
+            connections: 10,
+            targets: vec!["http://127.0.0.1:1".into()],
+            path: "/cpu?ms=1".into(),
+            warmup_secs: 0.0,
+            duration_secs: 2.0,
+        };
+        let counts = Counts {
+            ok,
+            errors: Errors {
+                timeout: 1,
+                ..Default::default()
+            },
+            dropped,
+        };
+        Report::build(info, 2.0, &h, counts, vec![]).unwrap()
+    }
+
+    #[test]
+    fn measurement_merges_histograms_instead_of_averaging_percentiles() {
+        // Generator A: 99 fast requests; generator B: 1 slow one. Averaging their p99s would give
+        // ~500 ms; the merged histogram's p99 over 100 requests is still fast.
+        let a = report(&[1_000; 99], 99, 0);
+        let b = report(&[1_000_000], 1, 9);
+        let m = measure(&[a, b]).unwrap();
+        assert!(m.latency_ms.p99 < 2.0, "{m:?}");
+        assert!(m.latency_ms.max > 990.0, "{m:?}");
+        assert_eq!(m.generators, 2);
+        assert_eq!(m.requests, 102);
+        assert!((m.throughput_rps - 50.0).abs() < 1e-9);
+        assert!((m.error_ratio - 2.0 / 102.0).abs() < 1e-9);
+        assert!((m.dropped_ratio - 9.0 / 111.0).abs() < 1e-9);
+        assert!(measure(&[]).is_err());
     }
 
     #[test]
