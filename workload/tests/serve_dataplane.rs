@@ -186,7 +186,7 @@ fn event_loop_offload_runs_on_the_libuv_pool_of_four() {
         let r = load.await.unwrap();
         println!("offload: queue up to {max_queue}, busy up to {max_busy}");
         assert_eq!(r.failed, 0);
-        assert!(max_busy >= 2.0 && max_busy <= 4.0, "busy {max_busy}");
+        assert!((2.0..=4.0).contains(&max_busy), "busy {max_busy}");
         assert!(max_queue > 0.0, "8 clients on 4 threads must queue");
     });
 }
