@@ -46,6 +46,11 @@ impl Outcome {
         matches!(self, Outcome::Ok | Outcome::Status4xx | Outcome::Status5xx)
     }
 
+    /// Position in [`Outcome::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Metric label and report field name of the class.
     pub fn label(self) -> &'static str {
         match self {
@@ -83,6 +88,13 @@ mod tests {
                 outcome,
                 "{code}"
             );
+        }
+    }
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (i, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(outcome.index(), i);
         }
     }
 
