@@ -8,4 +8,5 @@ pub mod planner;
 pub mod render;
 pub mod results;
 pub mod run;
+pub mod scrape_targets;
 pub mod validation;

@@ -40,6 +40,15 @@ enum Command {
         /// The loopscale-workload binary (default: next to loopscale, then PATH).
         #[arg(long, env = "LOOPSCALE_WORKLOAD_BIN")]
         workload_bin: Option<PathBuf>,
+        /// Keep Prometheus file_sd targets of the run's processes (itself with --metrics-addr,
+        /// workload replicas, load generators) in this JSON file, e.g.
+        /// deploy/local/targets/loopscale.json for deploy/local/prometheus.yml.
+        #[arg(long, value_name = "FILE")]
+        prometheus_sd: Option<PathBuf>,
+        /// With --metrics-addr: keep serving the metrics this long after the last step, so
+        /// Prometheus scrapes the final results (Ctrl-C skips the wait).
+        #[arg(long, default_value = "5s", value_parser = parse_linger, value_name = "DUR")]
+        metrics_linger: std::time::Duration,
     },
     /// Check an Experiment manifest by the CRD's schema and CEL rules; exit 2 when invalid.
     Validate {
@@ -129,6 +138,8 @@ fn main() -> ExitCode {
             out,
             metrics_addr,
             workload_bin,
+            prometheus_sd,
+            metrics_linger,
         } => {
             let experiments = match load_manifests(&file) {
                 Ok(e) => e,
@@ -166,6 +177,8 @@ fn main() -> ExitCode {
                     workload_bin: workload_bin.clone(),
                     out_dir: out_dir.clone(),
                     metrics_addr,
+                    prometheus_sd: prometheus_sd.clone(),
+                    metrics_linger,
                 };
                 match runtime.block_on(run(experiment, options)) {
                     Ok((experiment, end)) => {
@@ -191,6 +204,10 @@ fn main() -> ExitCode {
             code
         }
     }
+}
+
+fn parse_linger(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 0s, 5s, 1m)"))
 }
 
 fn report(file: &Path, html: Option<&Path>) -> ExitCode {
