@@ -23,8 +23,10 @@ const RESULT_LABELS: [&str; 6] = [
     "repetition",
 ];
 
-/// Quantiles exported by `loopscale_result_latency_seconds`, with the status field each reads.
-const QUANTILES: [&str; 5] = ["0.5", "0.9", "0.99", "0.999", "1"];
+/// `percentile` label values of `loopscale_result_latency_seconds`: the status fields they
+/// read. Not a `quantile` label: that name is reserved for summaries (`promtool check metrics`
+/// rejects it on a gauge).
+const PERCENTILES: [&str; 5] = ["p50", "p90", "p99", "p999", "max"];
 
 /// Label values of the exported current step, by (namespace, experiment).
 type CurrentStepLabels = HashMap<(String, String), Vec<String>>;
@@ -61,7 +63,7 @@ impl ExperimentMetrics {
     /// Create the gauges and register them with `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let mut latency_labels = RESULT_LABELS.to_vec();
-        latency_labels.push("quantile");
+        latency_labels.push("percentile");
         Ok(ExperimentMetrics {
             throughput: gauge(
                 registry,
@@ -72,7 +74,7 @@ impl ExperimentMetrics {
             latency: gauge(
                 registry,
                 "loopscale_result_latency_seconds",
-                "Latency quantiles of a finished step, from the merged histogram of its load generators.",
+                "Latency percentiles (p50, p90, p99, p999, max) of a finished step, from the merged histogram of its load generators.",
                 &latency_labels,
             )?,
             error_ratio: gauge(
@@ -101,13 +103,13 @@ impl ExperimentMetrics {
             )?,
             completed: gauge(
                 registry,
-                "loopscale_experiment_steps_completed",
+                "loopscale_experiment_completed_steps",
                 "Steps of the Experiment with a recorded result.",
                 &["namespace", "experiment"],
             )?,
             total: gauge(
                 registry,
-                "loopscale_experiment_steps_total",
+                "loopscale_experiment_total_steps",
                 "Steps in the Experiment's plan.",
                 &["namespace", "experiment"],
             )?,
@@ -190,7 +192,7 @@ impl ExperimentMetrics {
                 }
             }
             let l = &r.latency_ms;
-            for (q, ms) in QUANTILES.iter().zip([l.p50, l.p90, l.p99, l.p999, l.max]) {
+            for (q, ms) in PERCENTILES.iter().zip([l.p50, l.p90, l.p99, l.p999, l.max]) {
                 let mut with_q = labels.to_vec();
                 with_q.push(q);
                 self.latency.with_label_values(&with_q).set(ms / 1000.0);
@@ -354,14 +356,14 @@ mod tests {
         let text = encode(&registry);
         assert!(text.contains(r#"loopscale_result_throughput_rps{experiment="quick",mode="thread-pool",namespace="local",processes="2",repetition="1",replicas="1"} 123.5"#), "{text}");
         assert!(
-            text.contains(r#"quantile="0.99",repetition="1",replicas="1"} 0.25"#),
+            text.contains(r#"percentile="p99",processes="2",repetition="1",replicas="1"} 0.25"#),
             "{text}"
         );
         assert!(text.contains(
             r#"loopscale_experiment_phase{experiment="quick",namespace="local",phase="Running"} 1"#
         ));
         assert!(text.contains(
-            r#"loopscale_experiment_steps_total{experiment="quick",namespace="local"} 4"#
+            r#"loopscale_experiment_total_steps{experiment="quick",namespace="local"} 4"#
         ));
         // A failed step exports no result (a zero throughput would plot as a real measurement).
         assert!(!text.contains(r#"repetition="2""#));
