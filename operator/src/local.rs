@@ -25,6 +25,10 @@ use crate::scrape_targets::{Role, ScrapeTarget};
 /// Name of the data-plane binary looked up next to `loopscale`.
 pub const WORKLOAD_BIN: &str = "loopscale-workload";
 
+/// Set on every child to the run's directory, so stray processes of a run can be identified
+/// (`grep -l` in `/proc/*/environ`); the workload ignores it.
+pub const RUN_DIR_ENV: &str = "LOOPSCALE_RUN_DIR";
+
 /// Find `loopscale-workload`: an explicit path (flag or `LOOPSCALE_WORKLOAD_BIN`) wins, then the
 /// directory of the running `loopscale` binary (the same cargo target dir or install dir), then
 /// `PATH`.
@@ -180,6 +184,7 @@ impl LocalBackend {
         std::fs::create_dir_all(work_dir.join("logs"))
             .with_context(|| format!("cannot create {}", work_dir.display()))?;
         std::fs::create_dir_all(work_dir.join("reports"))?;
+        let work_dir = work_dir.canonicalize().unwrap_or(work_dir);
         Ok(LocalBackend {
             workload_bin,
             work_dir,
@@ -356,6 +361,7 @@ impl LocalBackend {
                 .arg("serve")
                 .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .env("PORT", port.to_string())
+                .env(RUN_DIR_ENV, &self.work_dir)
                 .stdin(Stdio::null())
                 .stdout(file.try_clone()?)
                 .stderr(file)
@@ -394,6 +400,7 @@ impl LocalBackend {
                 None
             };
             let child = cmd
+                .env(RUN_DIR_ENV, &self.work_dir)
                 .arg("--report")
                 .arg(&report)
                 .stdin(Stdio::null())
