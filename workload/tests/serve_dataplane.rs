@@ -45,10 +45,14 @@ fn event_loop_cpu_10ms_is_bounded_by_one_core_and_blocks_the_loop() {
         let loaded = probe_hello(&mut probe, 5, Duration::from_millis(100)).await;
         let r = load.await.unwrap();
         let rps = r.throughput();
-        println!("cpu: {rps:.1} req/s; /hello probe idle {idle:?}, loaded {loaded:?}");
+        let (_, _, scrape) = get_once(server.addr, "/metrics").await.unwrap();
+        let lag = metric_sum(&scrape, "loopscale_eventloop_lag_seconds_sum", &[]);
+        println!("cpu: {rps:.1} req/s; /hello probe idle {idle:?}, loaded {loaded:?}; lag sum {lag:.3} s");
         assert_eq!(r.failed, 0);
         assert!((80.0..=105.0).contains(&rps), "{rps:.1} req/s");
         assert!(loaded >= Duration::from_millis(5), "probe {loaded:?}");
+        // About 2 s of a fully busy loop: the lag probe's timer fired late by a large part of it.
+        assert!(lag >= 0.3, "event-loop lag sum {lag} s");
     });
 }
 
@@ -64,7 +68,13 @@ fn thread_pool_cpu_with_the_gil_is_serialized_and_slows_the_loop() {
         let loaded = probe_hello(&mut probe, 5, Duration::from_millis(100)).await;
         let r = load.await.unwrap();
         let rps = r.throughput();
-        println!("gil on: {rps:.1} req/s; /hello probe idle {idle:?}, loaded {loaded:?}");
+        let (_, _, scrape) = get_once(server.addr, "/metrics").await.unwrap();
+        let loop_wait = metric_sum(&scrape, "loopscale_gil_wait_seconds_sum", &["thread=\"loop\""]);
+        let pool_wait = metric_sum(&scrape, "loopscale_gil_wait_seconds_sum", &["thread=\"pool\""]);
+        println!("gil on: {rps:.1} req/s; /hello probe idle {idle:?}, loaded {loaded:?}; GIL wait loop {loop_wait:.3} s, pool {pool_wait:.3} s");
+        // 8 requests sharing one GIL for ~2 s: pool threads spend seconds waiting for it.
+        assert!(pool_wait >= 1.0, "pool threads waited only {pool_wait} s for the GIL");
+        assert!(loop_wait > 0.0, "the loop never waited for the GIL");
         assert_eq!(r.failed, 0);
         assert!(rps <= 105.0, "{rps:.1} req/s: CPU work was not serialized");
         assert!(rps >= 50.0, "{rps:.1} req/s: far below one core");
@@ -189,4 +199,20 @@ fn event_loop_offload_runs_on_the_libuv_pool_of_four() {
         assert!((2.0..=4.0).contains(&max_busy), "busy {max_busy}");
         assert!(max_queue > 0.0, "8 clients on 4 threads must queue");
     });
+}
+
+#[test]
+fn request_overhead_is_cpu_on_the_loop_for_every_request() {
+    let _serial = serial();
+    let server = Server::start(&[
+        ("LOOPSCALE_MODE", "event-loop"),
+        ("LOOPSCALE_REQUEST_OVERHEAD_US", "5000"),
+    ]);
+    let r = runtime().block_on(closed_loop(server.addr, "/hello", 8, 50));
+    let rps = r.throughput();
+    println!("hello with 5 ms overhead: {rps:.1} req/s");
+    assert_eq!(r.failed, 0);
+    // 5 ms of loop CPU per request: at most 200 per second from one process (and not charged
+    // twice, which would cap it at 100).
+    assert!((130.0..=210.0).contains(&rps), "{rps:.1} req/s");
 }

@@ -84,6 +84,24 @@ fn a_killed_worker_is_restarted_counted_and_the_others_keep_serving() {
     });
     std::thread::sleep(Duration::from_millis(200));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim_pid), Signal::SIGKILL).unwrap();
+    // The pod is not ready while a worker is missing (restart waits at least 100 ms).
+    let addr = server.addr;
+    let saw_not_ready = rt.block_on(async move {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok((status, _, _)) = get_once(addr, "/readyz").await {
+                if status == 503 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    });
+    assert!(
+        saw_not_ready,
+        "/readyz never said 503 while worker {victim} was dead"
+    );
     let (ok, failures) = rt.block_on(traffic).unwrap();
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(ok, 40 * 3);

@@ -65,16 +65,27 @@ impl Balancing {
 /// Everything `serve` needs; one value shared by the supervisor and its workers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// `LOOPSCALE_MODE`: which runtime is emulated.
     pub mode: Mode,
+    /// `LOOPSCALE_PROCESSES`: workers under the supervisor (PM2 `-i N`, `uvicorn --workers N`).
     pub processes: usize,
+    /// `LOOPSCALE_BALANCING`: how connections reach workers.
     pub balancing: Balancing,
+    /// `LOOPSCALE_THREADPOOL_SIZE`: anyio's capacity for `def` routes (thread-pool mode).
     pub threadpool_size: usize,
+    /// `LOOPSCALE_GIL`: whether CPU work in thread-pool mode is serialized per process.
     pub gil: bool,
+    /// `LOOPSCALE_GIL_SWITCH_INTERVAL_MS`: CPython's `sys.getswitchinterval()`.
     pub gil_switch_interval: Duration,
+    /// `LOOPSCALE_LIBUV_THREADPOOL_SIZE`: libuv's pool behind `/offload` (event-loop mode).
     pub libuv_threadpool_size: usize,
+    /// `LOOPSCALE_REQUEST_OVERHEAD_US`: the framework's own CPU per request, on the loop.
     pub request_overhead: Duration,
+    /// `LOOPSCALE_HOST`: listen address.
     pub host: IpAddr,
+    /// `PORT`: one port for routes, probes and metrics (0 = pick a free one).
     pub port: u16,
+    /// `LOOPSCALE_SHUTDOWN_GRACE_SECS`: how long SIGTERM waits for in-flight requests.
     pub shutdown_grace: Duration,
 }
 
@@ -94,11 +105,13 @@ pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 3600;
 /// A bad environment value: the message names the variable, the value and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A required variable is unset or empty.
     #[error("{var} is not set; allowed values: {allowed}")]
     Missing {
         var: &'static str,
         allowed: &'static str,
     },
+    /// A variable has a value outside what is allowed.
     #[error("{var}={value:?} is not allowed; allowed values: {allowed}")]
     Invalid {
         var: &'static str,

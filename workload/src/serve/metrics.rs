@@ -31,11 +31,17 @@ const GIL_WAIT_BUCKETS: &[f64] = &[
 /// The metrics one worker process updates.
 pub struct WorkerMetrics {
     registry: Registry,
+    /// `loopscale_http_requests_total{route,code}`.
     pub requests_total: IntCounterVec,
+    /// `loopscale_http_request_duration_seconds{route}`.
     pub request_duration: HistogramVec,
+    /// `loopscale_http_requests_in_flight`.
     pub in_flight: IntGauge,
+    /// `loopscale_eventloop_lag_seconds`, fed by the worker's timer-drift probe.
     pub eventloop_lag: Histogram,
+    /// `loopscale_threadpool_busy_threads{pool}` of this worker's pool.
     pub pool_busy: IntGauge,
+    /// `loopscale_threadpool_queue_depth{pool}` of this worker's pool.
     pub pool_queue: IntGauge,
     gil_wait: HistogramVec,
 }
@@ -182,6 +188,7 @@ impl WorkerMetrics {
 pub struct SupervisorMetrics {
     registry: Registry,
     process: Registry,
+    /// `loopscale_worker_restarts_total{worker}`.
     pub worker_restarts: IntCounterVec,
 }
 

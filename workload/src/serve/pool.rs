@@ -85,24 +85,42 @@ mod tests {
             let pool = BoundedPool::new(2, busy.clone(), queued.clone());
             let inside = Arc::new(AtomicUsize::new(0));
             let max_inside = Arc::new(AtomicUsize::new(0));
+            let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let jobs: Vec<_> = (0..6)
                 .map(|_| {
-                    let (pool, inside, max_inside) =
-                        (pool.clone(), inside.clone(), max_inside.clone());
+                    let (pool, inside, max_inside, release) = (
+                        pool.clone(),
+                        inside.clone(),
+                        max_inside.clone(),
+                        release.clone(),
+                    );
                     tokio::spawn(async move {
                         pool.run(move || {
                             let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
                             max_inside.fetch_max(n, Ordering::SeqCst);
-                            std::thread::sleep(Duration::from_millis(50));
+                            while !release.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
                             inside.fetch_sub(1, Ordering::SeqCst);
                         })
                         .await
                     })
                 })
                 .collect();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            assert_eq!(busy.get(), 2);
-            assert_eq!(queued.get(), 4);
+            // Jobs hold their slots until released, so this state is stable once reached.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !(busy.get() == 2 && queued.get() == 4) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "busy {} queued {}",
+                    busy.get(),
+                    queued.get()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!((busy.get(), queued.get()), (2, 4));
+            release.store(true, Ordering::SeqCst);
             for j in jobs {
                 j.await.unwrap();
             }

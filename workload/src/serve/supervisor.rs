@@ -359,6 +359,10 @@ async fn spawn_worker(
         slot.control = Some(control_tx);
         slot.connections = passer.as_ref().map(|(tx, _)| tx.clone());
     }
+    // Started while the shutdown collected pids: stop it like the others.
+    if let (true, Some(pid)) = (sup.shutting_down.load(Ordering::SeqCst), pid) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
 
     let status = child.wait().await;
 

@@ -16,7 +16,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 /// Heavy tests take this lock so they never steal CPU from each other. It also moves the test
-/// process (and so the servers it starts) into its own scheduler autogroup at nice -10 once, so
+/// process (and so the servers it starts) into its own scheduler autogroup at nice -20 once, so
 /// that other builds on a shared 2-core machine do not starve the measured server: with
 /// autogroups on, CPU is split evenly between sessions whatever their thread count, and a
 /// starved server measures the machine, not the model. Needs root (CAP_SYS_NICE); without it,
@@ -26,7 +26,7 @@ pub fn serial() -> MutexGuard<'static, ()> {
     static CLAIM: std::sync::Once = std::sync::Once::new();
     CLAIM.call_once(|| {
         if nix::unistd::setsid().is_ok() {
-            let _ = std::fs::write("/proc/self/autogroup", "-10");
+            let _ = std::fs::write("/proc/self/autogroup", "-20");
         }
     });
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
