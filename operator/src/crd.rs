@@ -27,10 +27,26 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
     category = "loopscale",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Step", type_ = "string", json_path = ".status.progress"),
-    printcolumn(name = "Mode", type_ = "string", json_path = ".status.currentStep.mode"),
-    printcolumn(name = "Processes", type_ = "integer", json_path = ".status.currentStep.processes"),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.currentStep.replicas"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".status.currentStep.mode"
+    ),
+    printcolumn(
+        name = "Processes",
+        type_ = "integer",
+        json_path = ".status.currentStep.processes"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.currentStep.replicas"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     doc = "A loopscale scaling experiment: modes x processes x replicas under one load profile."
 )]
 #[x_kube(validation = Rule::new("duration(self.stepTimeout) > duration(self.load.warmup) + duration(self.load.duration)").message("must be longer than spec.load.warmup + spec.load.duration").field_path(".stepTimeout"))]
@@ -78,7 +94,9 @@ fn default_step_timeout() -> String {
 }
 
 /// Concurrency model of the emulated server.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Express/Node: one single-threaded event loop per process.
@@ -436,7 +454,9 @@ pub struct ExperimentStatus {
 }
 
 /// Identity of one step: a result is recorded at most once per key.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct StepKey {
     /// Concurrency model.
@@ -565,7 +585,10 @@ mod tests {
         assert_eq!(version.name, "v1alpha1");
         assert_eq!(crd.spec.scope, "Namespaced");
         assert!(version.subresources.as_ref().unwrap().status.is_some());
-        assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["lsx".to_string()][..]));
+        assert_eq!(
+            crd.spec.names.short_names.as_deref(),
+            Some(&["lsx".to_string()][..])
+        );
         let columns: Vec<_> = version
             .additional_printer_columns
             .as_ref()
@@ -573,7 +596,10 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Phase", "Step", "Mode", "Processes", "Replicas", "Age"]);
+        assert_eq!(
+            columns,
+            ["Phase", "Step", "Mode", "Processes", "Replicas", "Age"]
+        );
     }
 
     #[test]

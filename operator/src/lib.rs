@@ -1,6 +1,9 @@
 //! loopscale's control side: the Experiment CRD, the step planner, the experiment engine and its
 //! backends, and the `loopscale` CLI.
 pub mod crd;
-pub mod validation;
+pub mod engine;
+pub mod metrics;
 pub mod planner;
+pub mod render;
 pub mod results;
+pub mod validation;

@@ -181,7 +181,12 @@ spec:
         assert_eq!(steps.len(), 16);
         assert_eq!(
             &steps[..4],
-            &[k(EventLoop, 1, 1, 1), k(ThreadPool, 1, 1, 1), k(EventLoop, 1, 3, 1), k(ThreadPool, 1, 3, 1)]
+            &[
+                k(EventLoop, 1, 1, 1),
+                k(ThreadPool, 1, 1, 1),
+                k(EventLoop, 1, 3, 1),
+                k(ThreadPool, 1, 3, 1)
+            ]
         );
         // The second repetition round starts only after the whole matrix ran once.
         assert!(steps[..8].iter().all(|s| s.repetition == 1));
@@ -192,7 +197,14 @@ spec:
     fn sequential_runs_one_mode_then_the_other_with_repetitions_back_to_back() {
         let steps = plan(&spec("  repetitions: 2\n  order: sequential"));
         assert_eq!(steps.len(), 16);
-        assert_eq!(&steps[..3], &[k(EventLoop, 1, 1, 1), k(EventLoop, 1, 1, 2), k(EventLoop, 1, 3, 1)]);
+        assert_eq!(
+            &steps[..3],
+            &[
+                k(EventLoop, 1, 1, 1),
+                k(EventLoop, 1, 1, 2),
+                k(EventLoop, 1, 3, 1)
+            ]
+        );
         assert!(steps[..8].iter().all(|s| s.mode == EventLoop));
         assert!(steps[8..].iter().all(|s| s.mode == ThreadPool));
     }
@@ -213,7 +225,10 @@ spec:
     fn generator_shares_add_up_to_the_totals() {
         let loads = generator_loads(&spec(""));
         assert_eq!(loads.len(), 3);
-        assert_eq!(loads.iter().map(|l| l.rate.unwrap()).collect::<Vec<_>>(), [34, 34, 33]);
+        assert_eq!(
+            loads.iter().map(|l| l.rate.unwrap()).collect::<Vec<_>>(),
+            [34, 34, 33]
+        );
         assert_eq!(loads.iter().map(|l| l.connections).sum::<u32>(), 10);
         assert_eq!(loads[0].path, "/cpu?ms=10");
         let args = loads[2].args();
@@ -228,8 +243,17 @@ spec:
         s.load.rate = None;
         s.load.concurrency = Some(8);
         let loads = generator_loads(&s);
-        assert_eq!(loads.iter().map(|l| l.concurrency.unwrap()).collect::<Vec<_>>(), [3, 3, 2]);
-        assert_eq!(loads.iter().map(|l| l.connections).collect::<Vec<_>>(), [3, 3, 2]);
+        assert_eq!(
+            loads
+                .iter()
+                .map(|l| l.concurrency.unwrap())
+                .collect::<Vec<_>>(),
+            [3, 3, 2]
+        );
+        assert_eq!(
+            loads.iter().map(|l| l.connections).collect::<Vec<_>>(),
+            [3, 3, 2]
+        );
         assert!(loads.iter().all(|l| l.rate.is_none()));
     }
 

@@ -2,6 +2,8 @@
 //! averaged) and the scaling efficiency of each step against its mode's 1 × 1 baseline. Pure.
 use std::collections::BTreeMap;
 
+use loopscale_workload::report::{merge, Report, ReportError};
+
 use crate::crd::{LatencyMs, Mode, Outcome, StepKey, StepResult};
 
 /// What one step measured, before it is keyed and compared with the baseline.
@@ -21,6 +23,28 @@ pub struct Measurement {
     pub window_seconds: f64,
     /// Reports merged.
     pub generators: u32,
+}
+
+/// Merge the reports of the generators that ran side by side in one step (exact: histograms and
+/// counts add) and read the step's figures off the merged report.
+pub fn measure(reports: &[Report]) -> Result<Measurement, ReportError> {
+    let merged = merge(reports)?;
+    let s = &merged.summary;
+    Ok(Measurement {
+        throughput_rps: s.throughput_rps,
+        latency_ms: LatencyMs {
+            p50: s.latency_ms.p50,
+            p90: s.latency_ms.p90,
+            p99: s.latency_ms.p99,
+            p999: s.latency_ms.p999,
+            max: s.latency_ms.max,
+        },
+        requests: s.requests,
+        error_ratio: merged.error_ratio(),
+        dropped_ratio: merged.dropped_ratio(),
+        window_seconds: merged.window_secs,
+        generators: reports.len() as u32,
+    })
 }
 
 /// A succeeded step's result (efficiency is filled in by [`apply_scaling_efficiency`]).
@@ -143,7 +167,10 @@ pub fn summarize(results: &[StepResult]) -> Vec<ConfigSummary> {
     let mut out: Vec<ConfigSummary> = groups
         .into_iter()
         .map(|((mode, processes, replicas), rs)| {
-            let ok: Vec<&&StepResult> = rs.iter().filter(|r| r.outcome == Outcome::Succeeded).collect();
+            let ok: Vec<&&StepResult> = rs
+                .iter()
+                .filter(|r| r.outcome == Outcome::Succeeded)
+                .collect();
             let n = ok.len() as f64;
             let mean = |f: &dyn Fn(&StepResult) -> f64| {
                 if ok.is_empty() {
@@ -204,9 +231,57 @@ mod tests {
         )
     }
 
+    fn report(latencies_us: &[u64], ok: u64, dropped: u64) -> Report {
+        use loopscale_workload::report::{new_histogram, Counts, Errors, GeneratorInfo, LoadModel};
+        let mut h = new_histogram();
+        for &l in latencies_us {
+            h.record(l).unwrap();
+        }
+        let info = GeneratorInfo {
+            model: LoadModel::Open,
+            rate: Some(100.0),
+            concurrency: 10,
+            connections: 10,
+            targets: vec!["http://127.0.0.1:1".into()],
+            path: "/cpu?ms=1".into(),
+            warmup_secs: 0.0,
+            duration_secs: 2.0,
+        };
+        let counts = Counts {
+            ok,
+            errors: Errors {
+                timeout: 1,
+                ..Default::default()
+            },
+            dropped,
+        };
+        Report::build(info, 2.0, &h, counts, vec![]).unwrap()
+    }
+
+    #[test]
+    fn measurement_merges_histograms_instead_of_averaging_percentiles() {
+        // Generator A: 99 fast requests; generator B: 1 slow one. Averaging their p99s would give
+        // ~500 ms; the merged histogram's p99 over 100 requests is still fast.
+        let a = report(&[1_000; 99], 99, 0);
+        let b = report(&[1_000_000], 1, 9);
+        let m = measure(&[a, b]).unwrap();
+        assert!(m.latency_ms.p99 < 2.0, "{m:?}");
+        assert!(m.latency_ms.max > 990.0, "{m:?}");
+        assert_eq!(m.generators, 2);
+        assert_eq!(m.requests, 102);
+        assert!((m.throughput_rps - 50.0).abs() < 1e-9);
+        assert!((m.error_ratio - 2.0 / 102.0).abs() < 1e-9);
+        assert!((m.dropped_ratio - 9.0 / 111.0).abs() < 1e-9);
+        assert!(measure(&[]).is_err());
+    }
+
     #[test]
     fn efficiency_divides_by_the_baseline_times_total_processes() {
-        let mut rs = vec![ok(EventLoop, 1, 1, 1, 100.0), ok(EventLoop, 2, 2, 1, 300.0), ok(ThreadPool, 2, 1, 1, 90.0)];
+        let mut rs = vec![
+            ok(EventLoop, 1, 1, 1, 100.0),
+            ok(EventLoop, 2, 2, 1, 300.0),
+            ok(ThreadPool, 2, 1, 1, 90.0),
+        ];
         apply_scaling_efficiency(&mut rs);
         assert_eq!(rs[0].scaling_efficiency, Some(1.0));
         assert_eq!(rs[1].scaling_efficiency, Some(0.75));
@@ -238,7 +313,11 @@ mod tests {
 
     #[test]
     fn summaries_average_throughput_over_repetitions_and_take_median_percentiles() {
-        let mut rs = vec![ok(EventLoop, 1, 1, 1, 100.0), ok(EventLoop, 1, 1, 2, 200.0), ok(EventLoop, 1, 1, 3, 600.0)];
+        let mut rs = vec![
+            ok(EventLoop, 1, 1, 1, 100.0),
+            ok(EventLoop, 1, 1, 2, 200.0),
+            ok(EventLoop, 1, 1, 3, 600.0),
+        ];
         apply_scaling_efficiency(&mut rs);
         let s = summarize(&rs);
         assert_eq!(s.len(), 1);

@@ -83,15 +83,17 @@ pub fn validate_value(object: &Value) -> Result<Experiment, ValidationError> {
 /// Validate a spec change: the CEL transition rules (`oldSelf`), i.e. spec immutability.
 pub fn validate_update(new: &Value, old: &Value) -> Result<(), Vec<Violation>> {
     let schema = experiment_schema();
-    Validator::new().validate(&schema, new, Some(old)).map_err(|errors| {
-        errors
-            .iter()
-            .map(|e| Violation {
-                field: e.field_path.clone(),
-                message: e.message.clone(),
-            })
-            .collect()
-    })
+    Validator::new()
+        .validate(&schema, new, Some(old))
+        .map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| Violation {
+                    field: e.field_path.clone(),
+                    message: e.message.clone(),
+                })
+                .collect()
+        })
 }
 
 fn check_identity(object: &Value, out: &mut Vec<Violation>) {
@@ -171,9 +173,16 @@ fn check_schema(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violati
         }
         return;
     }
-    if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         if !(value.is_string() || value.is_i64() || value.is_u64()) {
-            fail(format!("must be an integer or a string (got {})", type_name(value)));
+            fail(format!(
+                "must be an integer or a string (got {})",
+                type_name(value)
+            ));
         }
         return;
     }
@@ -189,9 +198,16 @@ fn check_schema(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violati
         if !allowed.contains(value) {
             let list: Vec<String> = allowed
                 .iter()
-                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
                 .collect();
-            fail(format!("unsupported value {value}: must be one of {}", list.join(", ")));
+            fail(format!(
+                "unsupported value {value}: must be one of {}",
+                list.join(", ")
+            ));
         }
     }
     if let Some(n) = value.as_f64() {
@@ -224,12 +240,18 @@ fn check_schema(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violati
         Value::Array(items) => {
             if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
                 if (items.len() as u64) < min {
-                    fail(format!("must have at least {min} item(s) (got {})", items.len()));
+                    fail(format!(
+                        "must have at least {min} item(s) (got {})",
+                        items.len()
+                    ));
                 }
             }
             if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
                 if (items.len() as u64) > max {
-                    fail(format!("must have at most {max} items (got {})", items.len()));
+                    fail(format!(
+                        "must have at most {max} items (got {})",
+                        items.len()
+                    ));
                 }
             }
             if let Some(item_schema) = schema.get("items") {
@@ -341,7 +363,8 @@ spec:
     #[test]
     fn the_spec_is_immutable() {
         let old: Value = serde_yaml::from_str(VALID).unwrap();
-        let new: Value = serde_yaml::from_str(&VALID.replace("concurrency: 8", "concurrency: 9")).unwrap();
+        let new: Value =
+            serde_yaml::from_str(&VALID.replace("concurrency: 8", "concurrency: 9")).unwrap();
         let v = validate_update(&new, &old).unwrap_err();
         assert_eq!(v[0].field, "spec");
         assert!(validate_update(&old, &old).is_ok());
@@ -358,7 +381,15 @@ spec:
 
     #[test]
     fn garbage_does_not_panic() {
-        for text in ["", "[]", "42", "spec: 7", ":::", "apiVersion: [", "kind: {a: b}"] {
+        for text in [
+            "",
+            "[]",
+            "42",
+            "spec: 7",
+            ":::",
+            "apiVersion: [",
+            "kind: {a: b}",
+        ] {
             assert!(validate_manifest(text).is_err(), "{text:?}");
         }
     }
