@@ -95,8 +95,11 @@ pub async fn publish(
     proof_token: &str,
 ) -> Result<(), PublishError> {
     let api: Api<ConfigMap> = Api::namespaced(client, &target.namespace);
-    api.create(&PostParams::default(), &report_configmap(target, report_json, proof_token))
-        .await?;
+    api.create(
+        &PostParams::default(),
+        &report_configmap(target, report_json, proof_token),
+    )
+    .await?;
     Ok(())
 }
 
@@ -112,7 +115,10 @@ fn required_env(name: &str) -> Result<String, PublishError> {
 /// `LOOPSCALE_PUBLISH_LABELS` and the proof token from `LOOPSCALE_PUBLISH_TOKEN_FILE`.
 pub async fn publish_in_cluster(name: &str, report_json: &str) -> Result<(), PublishError> {
     let namespace = required_env("LOOPSCALE_POD_NAMESPACE")?;
-    let pod = (required_env("LOOPSCALE_POD_NAME")?, required_env("LOOPSCALE_POD_UID")?);
+    let pod = (
+        required_env("LOOPSCALE_POD_NAME")?,
+        required_env("LOOPSCALE_POD_UID")?,
+    );
     let labels = parse_labels(&std::env::var("LOOPSCALE_PUBLISH_LABELS").unwrap_or_default())?;
     let token_file = required_env("LOOPSCALE_PUBLISH_TOKEN_FILE")?;
     let proof = std::fs::read_to_string(&token_file)
