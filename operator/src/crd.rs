@@ -4,6 +4,8 @@
 //! Validation lives in the generated OpenAPI schema (enums, ranges, required fields, defaults,
 //! patterns) and in CEL rules (`x-kubernetes-validations`), so the API server rejects bad specs at
 //! `kubectl apply`; [`crate::validation`] applies the very same schema and rules to local files.
+// kube's `printcolumn(..)` repeats `type_ = ..` per column, which clippy mistakes for duplicates.
+#![allow(clippy::duplicated_attributes)]
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};

@@ -3,8 +3,10 @@
 pub mod controller;
 pub mod crd;
 pub mod engine;
+pub mod local;
 pub mod metrics;
 pub mod planner;
 pub mod render;
 pub mod results;
+pub mod run;
 pub mod validation;

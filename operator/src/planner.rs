@@ -64,8 +64,9 @@ pub struct GeneratorLoad {
     pub model: LoadModel,
     /// `--rate` (open model): this generator's share of the total rate.
     pub rate: Option<u32>,
-    /// `--concurrency` (closed model): this generator's share of the total concurrency.
-    pub concurrency: Option<u32>,
+    /// `--concurrency`: closed model, this generator's share of the total concurrency; open
+    /// model, the most requests in flight before new ones count as dropped (its connections).
+    pub concurrency: u32,
     /// `--connections`: this generator's share of the total connections.
     pub connections: u32,
     /// `--warmup`, as written in the spec.
@@ -98,9 +99,7 @@ impl GeneratorLoad {
         if let Some(rate) = self.rate {
             args.extend(["--rate".to_string(), rate.to_string()]);
         }
-        if let Some(concurrency) = self.concurrency {
-            args.extend(["--concurrency".to_string(), concurrency.to_string()]);
-        }
+        args.extend(["--concurrency".to_string(), self.concurrency.to_string()]);
         args
     }
 }
@@ -118,11 +117,17 @@ pub fn generator_loads(spec: &ExperimentSpec) -> Vec<GeneratorLoad> {
     let n = load.generators.max(1);
     (0..n)
         .map(|index| {
-            let concurrency = load.concurrency.map(|c| share(c, n, index).max(1));
-            let connections = match load.model {
+            let (concurrency, connections) = match load.model {
                 // Closed model: one connection per request in flight.
-                LoadModel::Closed => concurrency.unwrap_or(1),
-                LoadModel::Open => share(load.connections, n, index).max(1),
+                LoadModel::Closed => {
+                    let c = share(load.concurrency.unwrap_or(1), n, index).max(1);
+                    (c, c)
+                }
+                // Open model: connections bound the requests in flight.
+                LoadModel::Open => {
+                    let c = share(load.connections, n, index).max(1);
+                    (c, c)
+                }
             };
             GeneratorLoad {
                 index,
@@ -137,6 +142,41 @@ pub fn generator_loads(spec: &ExperimentSpec) -> Vec<GeneratorLoad> {
             }
         })
         .collect()
+}
+
+/// The environment of one workload replica (the server's only configuration, see the workload's
+/// env table), except `PORT`, which the backend chooses. Both backends use it as is.
+pub fn workload_env(spec: &ExperimentSpec, step: &StepKey) -> Vec<(String, String)> {
+    let w = &spec.workload;
+    let mut env = vec![
+        ("LOOPSCALE_MODE".to_string(), step.mode.as_str().to_string()),
+        ("LOOPSCALE_PROCESSES".into(), step.processes.to_string()),
+        (
+            "LOOPSCALE_THREADPOOL_SIZE".into(),
+            w.thread_pool_size.to_string(),
+        ),
+        ("LOOPSCALE_GIL".into(), w.gil.to_string()),
+        (
+            "LOOPSCALE_GIL_SWITCH_INTERVAL_MS".into(),
+            w.gil_switch_interval_ms.to_string(),
+        ),
+        (
+            "LOOPSCALE_LIBUV_THREADPOOL_SIZE".into(),
+            w.libuv_thread_pool_size.to_string(),
+        ),
+        (
+            "LOOPSCALE_REQUEST_OVERHEAD_US".into(),
+            w.request_overhead_us.to_string(),
+        ),
+    ];
+    if let Some(b) = w.balancing {
+        let value = match b {
+            crate::crd::Balancing::RoundRobin => "round-robin",
+            crate::crd::Balancing::SharedSocket => "shared-socket",
+        };
+        env.push(("LOOPSCALE_BALANCING".into(), value.into()));
+    }
+    env
 }
 
 /// Parse a spec duration (`500ms`, `10s`, `1m30s`); the schema pattern guarantees the form.
@@ -234,6 +274,7 @@ spec:
         let args = loads[2].args();
         assert!(args.windows(2).any(|w| w == ["--rate", "33"]));
         assert!(args.windows(2).any(|w| w == ["--model", "open"]));
+        assert!(args.windows(2).any(|w| w == ["--concurrency", "3"]));
     }
 
     #[test]
@@ -244,10 +285,7 @@ spec:
         s.load.concurrency = Some(8);
         let loads = generator_loads(&s);
         assert_eq!(
-            loads
-                .iter()
-                .map(|l| l.concurrency.unwrap())
-                .collect::<Vec<_>>(),
+            loads.iter().map(|l| l.concurrency).collect::<Vec<_>>(),
             [3, 3, 2]
         );
         assert_eq!(
@@ -255,6 +293,18 @@ spec:
             [3, 3, 2]
         );
         assert!(loads.iter().all(|l| l.rate.is_none()));
+    }
+
+    #[test]
+    fn workload_env_names_the_step_and_the_spec_settings() {
+        let s = spec("");
+        let env = workload_env(&s, &k(ThreadPool, 2, 3, 1));
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("LOOPSCALE_MODE"), Some("thread-pool"));
+        assert_eq!(get("LOOPSCALE_PROCESSES"), Some("2"));
+        assert_eq!(get("LOOPSCALE_GIL"), Some("true"));
+        assert_eq!(get("LOOPSCALE_THREADPOOL_SIZE"), Some("40"));
+        assert_eq!(get("LOOPSCALE_BALANCING"), None);
     }
 
     #[test]

@@ -107,7 +107,7 @@ fn nice_ceiling(v: f64) -> f64 {
     }
     let exp = v.log10().floor();
     let base = 10f64.powf(exp);
-    for m in [1.0, 2.0, 5.0, 10.0] {
+    for m in [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0] {
         if v <= m * base {
             return m * base;
         }
@@ -328,9 +328,9 @@ code {{ background: #f4f4f4; padding: 0 3px; }}
         (_, Some(c)) => format!("closed model, {c} in flight"),
         _ => spec.load.model.as_str().to_string(),
     };
-    let _ = write!(
+    let _ = writeln!(
         doc,
-        "<p>Route <code>{}</code>; {}; {} generator(s); warm-up {}, measured {} per step; {} repetition(s), {} order; GIL {}. Phase <b>{}</b>, {} of {} steps.</p>\n",
+        "<p>Route <code>{}</code>; {}; {} generator(s); warm-up {}, measured {} per step; {} repetition(s), {} order; GIL {}. Phase <b>{}</b>, {} of {} steps.</p>",
         escape(&scenario),
         escape(&load),
         spec.load.generators,

@@ -53,6 +53,29 @@ pub fn validate_manifest(yaml: &str) -> Result<Experiment, ValidationError> {
     validate_value(&object)
 }
 
+/// Parse and validate every document of a multi-document YAML file (`---` separated, as
+/// `kubectl apply -f` accepts); empty documents are skipped. One result per Experiment.
+pub fn validate_documents(
+    yaml: &str,
+) -> Result<Vec<Result<Experiment, ValidationError>>, ValidationError> {
+    use serde::Deserialize as _;
+    let mut out = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(yaml) {
+        let value = Value::deserialize(document).map_err(ValidationError::Yaml)?;
+        if value.is_null() {
+            continue;
+        }
+        out.push(validate_value(&value));
+    }
+    if out.is_empty() {
+        out.push(Err(ValidationError::Invalid(vec![Violation {
+            field: "<root>".into(),
+            message: "the file holds no Experiment".into(),
+        }])));
+    }
+    Ok(out)
+}
+
 /// Validate an already parsed manifest (see [`validate_manifest`]).
 pub fn validate_value(object: &Value) -> Result<Experiment, ValidationError> {
     let mut violations = Vec::new();
@@ -377,6 +400,23 @@ spec:
         assert_eq!(v[0].field, "spec.stepTimeout", "{v:?}");
         let yaml = VALID.replace("duration: 3s}", "duration: 3s}\n  stepTimeout: 4100ms");
         assert!(validate_manifest(&yaml).is_ok());
+    }
+
+    #[test]
+    fn every_document_of_a_multi_document_file_is_validated() {
+        let two = format!(
+            "{VALID}---\n{}",
+            VALID
+                .replace("name: ok", "name: second")
+                .replace("concurrency: 8", "concurrency: 0")
+        );
+        let results = validate_documents(&two).unwrap();
+        assert_eq!(results.len(), 2);
+        assert!(results[0].is_ok());
+        assert!(
+            matches!(&results[1], Err(ValidationError::Invalid(v)) if v[0].field == "spec.load.concurrency")
+        );
+        assert!(validate_documents("---\n---\n").unwrap()[0].is_err());
     }
 
     #[test]
