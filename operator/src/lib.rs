@@ -1,5 +1,6 @@
 //! loopscale's control side: the Experiment CRD, the step planner, the experiment engine and its
 //! backends, and the `loopscale` CLI.
+pub mod controller;
 pub mod crd;
 pub mod engine;
 pub mod local;

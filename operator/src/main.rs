@@ -65,6 +65,8 @@ enum Command {
     },
     /// Print the Experiment CustomResourceDefinition as YAML.
     Crd,
+    /// Run the Kubernetes operator: reconcile Experiments until SIGTERM/SIGINT.
+    Operator(loopscale::controller::server::OperatorArgs),
 }
 
 /// Read and validate every Experiment in `file`; on any violation print them all (naming the
@@ -111,9 +113,38 @@ fn load_manifests(file: &Path) -> Result<Vec<Experiment>, ExitCode> {
     Ok(experiments)
 }
 
+/// `loopscale operator`: logs to stderr, a two-thread runtime, the controller and its HTTP server.
+fn operator(args: loopscale::controller::server::OperatorArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
+        )
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(loopscale::controller::server::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Operator(args) => operator(args),
         Command::Crd => {
             print!("{}", crd_yaml());
             ExitCode::SUCCESS
