@@ -17,8 +17,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 cluster="${LOOPSCALE_KIND_CLUSTER:-loopscale}"
 tag="${LOOPSCALE_IMAGE_TAG:-dev}"
-workload_image="loopscale/workload:${tag}"
-operator_image="loopscale/operator:${tag}"
+workload_image="loopscale/loopscale-workload:${tag}"
+operator_image="loopscale/loopscale:${tag}"
 monitoring_namespace="monitoring"
 kps_release="kube-prometheus-stack"
 loopscale_namespace="loopscale-system"
@@ -67,11 +67,14 @@ helm upgrade --install loopscale "${root}/charts/loopscale" \
   --namespace "${loopscale_namespace}" --create-namespace \
   --set-string "image.repository=${operator_image%:*}" \
   --set-string "image.tag=${tag}" \
+  --set-string "image.pullPolicy=IfNotPresent" \
   --set-string "workloadImage.repository=${workload_image%:*}" \
   --set-string "workloadImage.tag=${tag}" \
-  --set-string "image.pullPolicy=Never" \
-  --set-string "workloadImage.pullPolicy=Never" \
-  --set-string "monitors.labels.release=${kps_release}" \
+  --set-string "workloadImage.pullPolicy=IfNotPresent" \
+  --set "serviceMonitor.enabled=true" \
+  --set-string "serviceMonitor.labels.release=${kps_release}" \
+  --set "podMonitor.enabled=true" \
+  --set-string "podMonitor.labels.release=${kps_release}" \
   --set "dashboards.enabled=true" \
   --wait --timeout 5m
 
