@@ -230,7 +230,7 @@ pub async fn run(
     let available = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
-    let progress = Progress::new(0);
+    let progress = Progress::new(crate::planner::plan(&spec).len() as u64);
     let mut end = RunEnd::Succeeded;
     loop {
         // One pass of observe, decide and act is the operator's reconcile; the waits it does
