@@ -96,6 +96,39 @@ fn unreachable_target_is_counted_and_reported() {
     assert_eq!(errors_in_timeline, 50);
 }
 
+/// The closed model against nothing: its loops fail as fast as the kernel refuses, yet the run
+/// ends on time with every attempt counted.
+#[test]
+fn closed_loops_against_a_dead_target_end_on_time() {
+    let _serial = serial();
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let path = temp_report("closed-unreachable.json");
+    let started = std::time::Instant::now();
+    let output = run_generator(
+        &[
+            "load",
+            "--target",
+            &url,
+            "--model",
+            "closed",
+            "--concurrency",
+            "4",
+            "--warmup",
+            "0s",
+            "--duration",
+            "1s",
+            "--report",
+            path.to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let s = read_report(&path).summary;
+    assert!(s.errors.connect > 0, "{s:?}");
+    assert_eq!(s.errors.total(), s.requests, "{s:?}");
+}
+
 /// A live target and a dead one: the dead one's connections fail and are retried on new random
 /// picks, the live one serves the rest, and both show in the report.
 #[test]
@@ -203,4 +236,80 @@ fn requests_after_a_target_dies_are_errors() {
         "about the first second succeeds: {s:?}"
     );
     assert!(s.errors.total() >= 50, "the rest fail: {s:?}");
+}
+
+/// A server that never answers: every request is a timeout after `--timeout`, counted in the
+/// window even when it ends after it.
+#[test]
+fn silent_server_gives_timeouts() {
+    let _serial = serial();
+    let server = start(Behavior::Silent);
+    let path = temp_report("silent.json");
+    let started = std::time::Instant::now();
+    let output = run_generator(
+        &[
+            "load",
+            "--target",
+            &server.url(),
+            "--rate",
+            "20",
+            "--concurrency",
+            "100",
+            "--warmup",
+            "0s",
+            "--duration",
+            "1s",
+            "--timeout",
+            "300ms",
+            "--report",
+            path.to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let s = read_report(&path).summary;
+    assert_eq!((s.requests, s.errors.timeout), (20, 20), "{s:?}");
+    assert_eq!(s.ok, 0);
+}
+
+/// Status classes: 404 counts as 4xx, 503 as 5xx, both with latency (they are responses).
+#[test]
+fn error_statuses_are_classified() {
+    let _serial = serial();
+    for (code, field) in [(404u16, "4xx"), (503, "5xx")] {
+        let server = start(Behavior::Status(code));
+        let path = temp_report(&format!("status-{code}.json"));
+        let output = run_generator(
+            &[
+                "load",
+                "--target",
+                &server.url(),
+                "--rate",
+                "50",
+                "--warmup",
+                "0s",
+                "--duration",
+                "1s",
+                "--report",
+                path.to_str().unwrap(),
+            ],
+            Duration::from_secs(20),
+        );
+        assert!(output.status.success(), "{output:?}");
+        let report = read_report(&path);
+        let s = &report.summary;
+        let count = if field == "4xx" {
+            s.errors.status_4xx
+        } else {
+            s.errors.status_5xx
+        };
+        assert_eq!((s.requests, count, s.ok), (50, 50, 0), "{code}: {s:?}");
+        assert_eq!(
+            report.histogram().unwrap().len(),
+            50,
+            "responses have latency"
+        );
+        assert_eq!(s.throughput_rps, 0.0, "throughput counts ok responses only");
+    }
 }

@@ -1,7 +1,7 @@
 //! `loopscale-workload load`: the open/closed-model HTTP load generator.
 //!
 //! - [`args`]: flags, env vars and their validation into a plan;
-//! - [`schedule`]: the open model's intended start times;
+//! - [`schedule`]: the open model's intended start times; [`timer`]: a sub-millisecond sleep;
 //! - [`pool`]: the HTTP/1.1 keep-alive connection pool over several targets;
 //! - [`outcome`]: how a request ended;
 //! - [`recorder`]: the measured window's histogram, counts and timeline;
@@ -17,6 +17,7 @@ pub mod publish;
 pub mod recorder;
 pub mod run;
 pub mod schedule;
+pub mod timer;
 
 use std::fs::File;
 use std::io::Write;

@@ -12,10 +12,11 @@ use super::pool::Pool;
 use super::progress::{Progress, ProgressState};
 use super::recorder::Recorder;
 use super::schedule::OpenSchedule;
+use super::timer::PreciseTimer;
 use crate::report::{LoadModel, Report, ReportError};
 
-/// Longest single sleep of the timer thread, so a stop request is noticed quickly even at low
-/// rates.
+/// Longest single sleep of the open model's timer, so a stop request is noticed quickly even at
+/// low rates.
 const MAX_TIMER_SLEEP: Duration = Duration::from_millis(50);
 
 /// State shared by the timer thread, the request tasks and the progress task.
@@ -118,11 +119,11 @@ pub async fn run(
         LoadModel::Open => {
             let rate = plan.rate.expect("the plan has a rate in the open model");
             let schedule = OpenSchedule::new(rate, plan.warmup, plan.duration);
-            let handle = tokio::runtime::Handle::current();
-            let timer_shared = shared.clone();
-            tokio::task::spawn_blocking(move || run_timer(schedule, timer_shared, handle))
-                .await
-                .expect("the timer thread does not panic");
+            if let Err(e) = run_open(schedule, shared.clone()).await {
+                // Without a timer the run cannot go on; report what was measured so far.
+                tracing::error!("open-model timer failed: {e}");
+                shared.request_stop();
+            }
             Vec::new()
         }
         LoadModel::Closed => {
@@ -174,17 +175,22 @@ pub async fn run(
     report
 }
 
-/// The open model's timer: a dedicated thread that wakes at each intended start (sleeping with
-/// the OS timer, whose slack is tens of microseconds, instead of the runtime's 1 ms wheel) and
-/// hands the request to the runtime, or counts it as dropped at the in-flight limit.
-fn run_timer(schedule: OpenSchedule, shared: Arc<Shared>, handle: tokio::runtime::Handle) {
+/// The open model's timer: a task on the runtime that sleeps on a timerfd until each intended
+/// start (nanosecond resolution, see [`PreciseTimer`]) and then spawns the request, or counts it
+/// as dropped at the in-flight limit. When late it sends everything already due at once.
+async fn run_open(schedule: OpenSchedule, shared: Arc<Shared>) -> std::io::Result<()> {
+    let timer = PreciseTimer::new()?;
     let total = schedule.total();
     let mut i = 0;
+    let mut sent_without_yield = 0u32;
     while i < total && !shared.stopped() {
         let intended = shared.start + schedule.offset(i);
         let now = Instant::now();
         if intended > now {
-            std::thread::sleep((intended - now).min(MAX_TIMER_SLEEP));
+            timer
+                .sleep_until(intended.min(now + MAX_TIMER_SLEEP))
+                .await?;
+            sent_without_yield = 0;
             continue;
         }
         let measured = schedule.is_measured(i);
@@ -203,14 +209,21 @@ fn run_timer(schedule: OpenSchedule, shared: Arc<Shared>, handle: tokio::runtime
         } else {
             shared.begin(measured);
             let task_shared = shared.clone();
-            handle.spawn(async move {
+            tokio::spawn(async move {
                 let outcome = task_shared.pool.request().await;
                 // Latency from the intended start: time spent late or queued counts.
                 task_shared.end(outcome, measured, intended);
             });
         }
         i += 1;
+        // A long catch-up burst must not starve the responses of requests already sent.
+        sent_without_yield += 1;
+        if sent_without_yield >= 256 {
+            sent_without_yield = 0;
+            tokio::task::yield_now().await;
+        }
     }
+    Ok(())
 }
 
 /// One closed-model loop: the next request starts when the previous one ends.
@@ -224,6 +237,11 @@ async fn closed_loop(shared: Arc<Shared>) {
         shared.begin(measured);
         let outcome = shared.pool.request().await;
         shared.end(outcome, measured, started);
+        if !outcome.has_response() {
+            // A failure can complete without ever waiting on I/O (a refused connect on
+            // loopback); yield so a loop hammering a dead target cannot starve the runtime.
+            tokio::task::yield_now().await;
+        }
     }
 }
 

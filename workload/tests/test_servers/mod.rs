@@ -36,6 +36,10 @@ pub enum Behavior {
     StallOnce { after: u64, stall: Duration },
     /// Answer at once and close the connection after every `every`-th response.
     CloseEvery(u64),
+    /// Answer at once with this status.
+    Status(u16),
+    /// Accept connections and never answer.
+    Silent,
 }
 
 /// A running test server; stops when the process ends (servers live on their own runtime).
@@ -67,6 +71,9 @@ struct ServerState {
 pub fn start(behavior: Behavior) -> TestServer {
     if let Behavior::Delay(delay) = behavior {
         return start_delay_server(delay);
+    }
+    if let Behavior::Silent = behavior {
+        return start_silent_server();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -105,6 +112,10 @@ async fn handle(state: Arc<ServerState>) -> axum::response::Response {
     match state.behavior {
         Behavior::Fast => "ok".into_response(),
         Behavior::Delay(_) => unreachable!("served by start_delay_server"),
+        Behavior::Silent => unreachable!("served by start_silent_server"),
+        Behavior::Status(code) => axum::http::StatusCode::from_u16(code)
+            .expect("valid status")
+            .into_response(),
         Behavior::StallOnce { after, stall } => {
             let until = {
                 let mut stall_until = state.stall_until.lock().unwrap();
@@ -174,6 +185,33 @@ fn start_delay_server(delay: Duration) -> TestServer {
     }
 }
 
+/// Accepts connections (counting them as requests) and never answers; holds them for 60 s.
+fn start_silent_server() -> TestServer {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let requests = Arc::new(AtomicU64::new(0));
+    let count = requests.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        listener.set_nonblocking(true).expect("nonblocking");
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    held.push(stream);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    TestServer {
+        addr,
+        requests,
+        arrivals: Arc::new(Mutex::new(Vec::new())),
+    }
+}
+
 /// A loopback port with nothing listening (bound, then released).
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
@@ -224,7 +262,9 @@ pub fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Output {
 
 /// A fresh temporary file path for a report.
 pub fn temp_report(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("loopscale-load-tests-{}", std::process::id()));
+    // Under target/tmp (cargo's scratch space for integration tests), one folder per run.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("loopscale-load-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir.join(name)
 }
