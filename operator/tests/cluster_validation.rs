@@ -13,9 +13,16 @@ async fn each_invalid_manifest_is_rejected_naming_its_field() {
     let admin = admin().await;
     let (ns, _cleanup) = restricted_namespace(&admin, "ls-invalid").await;
     let dir = repo_root().join("operator/tests/invalid");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    assert!(files.len() >= 20, "one manifest per rule, found {}", files.len());
+    assert!(
+        files.len() >= 20,
+        "one manifest per rule, found {}",
+        files.len()
+    );
     let mut failures = Vec::new();
     for file in &files {
         let yaml = std::fs::read_to_string(file).unwrap();
@@ -45,8 +52,14 @@ async fn the_spec_is_immutable() {
     let admin = admin().await;
     let (ns, _cleanup) = restricted_namespace(&admin, "ls-immutable").await;
     let dir = repo_root().join("operator/tests/immutable");
-    ok(&apply(&ns, &std::fs::read_to_string(dir.join("created.yaml")).unwrap()));
-    let out = apply(&ns, &std::fs::read_to_string(dir.join("updated.yaml")).unwrap());
+    ok(&apply(
+        &ns,
+        &std::fs::read_to_string(dir.join("created.yaml")).unwrap(),
+    ));
+    let out = apply(
+        &ns,
+        &std::fs::read_to_string(dir.join("updated.yaml")).unwrap(),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "an updated spec must be rejected");
     assert!(stderr.contains("spec is immutable"), "{stderr}");
