@@ -53,6 +53,37 @@ async fn helm_lint_and_template_are_clean() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_installs_into_a_restricted_namespace() {
+    install_chart();
+    let admin = admin().await;
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), RELEASE_NS)
+        .get(RELEASE)
+        .await
+        .unwrap();
+    assert_eq!(deployment.status.unwrap().available_replicas, Some(1));
+    let spec = deployment.spec.unwrap();
+    assert_eq!(
+        spec.replicas,
+        Some(1),
+        "one replica: there is no leader election"
+    );
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(
+        pod.containers[0].args.as_deref(),
+        Some(&["operator".to_string()][..])
+    );
+    let sc = pod.containers[0].security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    // Its pod exists: Pod Security admission ("restricted" on the namespace) let it in.
+    let pods = Api::<Pod>::namespaced(admin.clone(), RELEASE_NS)
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await
+        .unwrap();
+    assert_eq!(pods.items.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_experiment_runs_to_succeeded_in_a_restricted_namespace() {
     let _serial = serial().await;
     let admin = admin().await;

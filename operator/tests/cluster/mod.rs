@@ -109,6 +109,12 @@ pub fn install_chart() -> PathBuf {
     CHART
         .get_or_init(|| {
             let chart = repo_root().join("charts/loopscale");
+            // The release namespace enforces Pod Security "restricted" too: the operator's own
+            // pod must pass it, or `--wait` times out.
+            let ns_yaml = format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {RELEASE_NS}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n"
+            );
+            ok(&run_tool("kubectl", &["apply", "-f", "-"], Some(&ns_yaml)));
             ok(&run_tool(
                 "helm",
                 &[
@@ -118,7 +124,6 @@ pub fn install_chart() -> PathBuf {
                     chart.to_str().unwrap(),
                     "--namespace",
                     RELEASE_NS,
-                    "--create-namespace",
                     "--wait",
                     "--timeout",
                     "60s",
