@@ -10,7 +10,8 @@
 use std::time::{Duration, SystemTime};
 
 use crate::crd::{
-    CurrentStep, ExperimentSpec, ExperimentStatus, FailurePolicy, Phase, Stage, StepKey, StepResult,
+    CurrentStep, ExperimentSpec, ExperimentStatus, FailurePolicy, Outcome, Phase, Stage, StepKey,
+    StepResult,
 };
 use crate::planner::{generator_loads, parse_duration, plan, GeneratorLoad};
 use crate::results::{self, Measurement};
@@ -234,12 +235,28 @@ pub fn decide(spec: &ExperimentSpec, status: &ExperimentStatus, obs: &Observatio
                         };
                     }
                     if status.phase != Phase::Failed {
-                        status.phase = Phase::Succeeded;
-                        events.push(EngineEvent {
-                            reason: "ExperimentSucceeded",
-                            note: format!("{} steps recorded", status.results.len()),
-                            warning: false,
-                        });
+                        if status
+                            .results
+                            .iter()
+                            .any(|r| r.outcome == Outcome::Succeeded)
+                        {
+                            status.phase = Phase::Succeeded;
+                            events.push(EngineEvent {
+                                reason: "ExperimentSucceeded",
+                                note: format!("{} steps recorded", status.results.len()),
+                                warning: false,
+                            });
+                        } else {
+                            // Nothing was measured: calling that a success would hide the cause.
+                            status.phase = Phase::Failed;
+                            status.message =
+                                Some("every step failed; see the results' reasons".into());
+                            events.push(EngineEvent {
+                                reason: "ExperimentFailed",
+                                note: status.message.clone().unwrap_or_default(),
+                                warning: true,
+                            });
+                        }
                     }
                     let phase = status.phase;
                     return Decision {
@@ -846,6 +863,40 @@ spec:
         );
         assert_eq!(d.action, Action::TearDown { step: steps[2] });
         assert_ne!(steps[2], fourth);
+    }
+
+    #[test]
+    fn an_experiment_where_every_step_failed_is_failed() {
+        let spec = spec("");
+        let mut status = ExperimentStatus::default();
+        // Every deployment crashes at once.
+        let mut deployed: Option<StepKey> = None;
+        let mut now = 0;
+        for _ in 0..200 {
+            let workload = match deployed {
+                Some(step) => WorkloadObservation::Failed {
+                    step,
+                    reason: "exited".into(),
+                },
+                None => WorkloadObservation::Absent,
+            };
+            let d = decide(&spec, &status, &obs(now, workload, LoadObservation::Absent));
+            status = d.status;
+            now += 10;
+            match d.action {
+                Action::Deploy { step } => deployed = Some(step),
+                Action::TearDown { .. } => deployed = None,
+                Action::Finish { phase } => {
+                    assert_eq!(phase, Phase::Failed);
+                    assert_eq!(status.results.len(), 8);
+                    assert!(status.results.iter().all(|r| r.outcome == Outcome::Failed));
+                    assert!(status.message.unwrap().contains("every step failed"));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        panic!("did not finish");
     }
 
     #[test]

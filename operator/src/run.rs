@@ -210,7 +210,7 @@ pub async fn run(
     let available = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
-    let progress = Progress::new(0);
+    let progress = Progress::new(crate::planner::plan(&spec).len() as u64);
     let mut end = RunEnd::Succeeded;
     loop {
         let obs = backend.observe(SystemTime::now()).await;

@@ -158,3 +158,36 @@ fn unreadable_and_non_yaml_files_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_workload_that_cannot_start_fails_every_step_with_its_reason() {
+    // /bin/false exits at once: every replica "crashes", every step is recorded as failed, the
+    // run ends Failed (exit 1) and still writes its results.
+    let out = std::env::temp_dir().join(format!("loopscale-cli-false-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let status = loopscale()
+        .arg("run")
+        .arg(repo().join("deploy/examples/quick.yaml"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--workload-bin", "/bin/false"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let experiment: loopscale::crd::Experiment =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let st = experiment.status.unwrap();
+    assert_eq!(st.phase, loopscale::crd::Phase::Failed);
+    assert_eq!(st.results.len(), 4);
+    for r in &st.results {
+        assert_eq!(r.outcome, loopscale::crd::Outcome::Failed);
+        assert!(r.reason.as_deref().unwrap().contains("exited"), "{r:?}");
+    }
+    assert!(String::from_utf8_lossy(&status.stdout).contains("failed: event-loop processes=1"));
+    let _ = std::fs::remove_dir_all(&out);
+}
