@@ -19,3 +19,19 @@ scripts:
 dashboards:
 	cargo build -j 2 -p loopscale -p loopscale-workload
 	dashboards/test/check-dashboards
+
+# Control-plane tests of the operator and chart (operator/tests/cluster_*.rs) on the real
+# control plane of deploy/testenv: build (skipped when bin/ is current), up, lint the chart,
+# run the tests, and always down. Ports: deploy/testenv/README.md (TESTENV_*_PORT).
+.PHONY: control-plane-test
+control-plane-test:
+	deploy/testenv/build
+	deploy/testenv/up
+	status=0; \
+	export KUBECONFIG="$(CURDIR)/deploy/testenv/run/kubeconfig"; \
+	deploy/testenv/bin/helm lint --strict charts/loopscale \
+	&& cargo test -p loopscale --features control-plane \
+	     --test cluster_operator --test cluster_validation --test cluster_permissions \
+	|| status=$$?; \
+	deploy/testenv/down; \
+	exit $$status

@@ -83,8 +83,10 @@ impl Error {
 pub struct Context {
     /// The API client (the operator's own credentials).
     pub client: Client,
-    /// Publishes Events about Experiments.
+    /// Publishes repeated Events (rejected reports) as one series per Experiment and reason.
     pub recorder: Recorder,
+    /// Who publishes the Events.
+    pub reporter: Reporter,
     /// Operator and result metrics.
     pub metrics: metrics::Metrics,
     /// Image and pull policy of the children.
@@ -203,7 +205,10 @@ async fn reconcile_inner(cached: &Experiment, ctx: &Context) -> Result<Requeue, 
     }
     ctx.metrics.observe_status(&ns, &name, &new_status);
     for e in &decision.events {
-        publish_event(ctx, &exp, e.reason, &e.note, e.warning).await;
+        // A fresh Recorder per transition: the shared one would fold every later StepStarted
+        // into the first one's series (its key ignores the note), hiding which step it was.
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        publish_with(&recorder, &exp, e.reason, &e.note, e.warning).await;
     }
 
     act(ctx, &exp, &new_status, &seen, &decision.action).await
@@ -352,6 +357,16 @@ async fn patch_status(
 }
 
 async fn publish_event(ctx: &Context, exp: &Experiment, reason: &str, note: &str, warning: bool) {
+    publish_with(&ctx.recorder, exp, reason, note, warning).await
+}
+
+async fn publish_with(
+    recorder: &Recorder,
+    exp: &Experiment,
+    reason: &str,
+    note: &str,
+    warning: bool,
+) {
     let event = Event {
         type_: if warning {
             EventType::Warning
@@ -363,7 +378,7 @@ async fn publish_event(ctx: &Context, exp: &Experiment, reason: &str, note: &str
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &exp.object_ref(&())).await {
+    if let Err(e) = recorder.publish(&event, &exp.object_ref(&())).await {
         warn!(error = %e, reason, "cannot publish event");
     }
 }
@@ -566,7 +581,8 @@ pub fn context(
         instance: std::env::var("POD_NAME").ok(),
     };
     Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        reporter,
         client,
         metrics,
         settings,
