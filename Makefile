@@ -15,7 +15,7 @@ scripts:
 	shellcheck deploy/kind/up.sh deploy/kind/down.sh dashboards/sync-chart
 
 # Every dashboard query against a real Prometheus scraping a real local `loopscale run`
-# (Debian's prometheus and promtool; about a minute).
+# (Debian's prometheus and promtool; about two minutes).
 dashboards:
 	cargo build -j 2 -p loopscale -p loopscale-workload
 	dashboards/test/check-dashboards
