@@ -187,10 +187,15 @@ async fn run_open(schedule: OpenSchedule, shared: Arc<Shared>) -> std::io::Resul
         let intended = shared.start + schedule.offset(i);
         let now = Instant::now();
         if intended > now {
+            if sent_without_yield > 0 {
+                // Let the requests just spawned write first; arming the timer can wait.
+                sent_without_yield = 0;
+                tokio::task::yield_now().await;
+                continue;
+            }
             timer
                 .sleep_until(intended.min(now + MAX_TIMER_SLEEP))
                 .await?;
-            sent_without_yield = 0;
             continue;
         }
         let measured = schedule.is_measured(i);
