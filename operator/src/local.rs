@@ -20,6 +20,7 @@ use crate::crd::{ExperimentSpec, StepKey};
 use crate::engine::{Action, LoadObservation, Observation, WorkloadObservation};
 use crate::planner::{workload_env, GeneratorLoad};
 use crate::results::{measure, Measurement};
+use crate::scrape_targets::{Role, ScrapeTarget};
 
 /// Name of the data-plane binary looked up next to `loopscale`.
 pub const WORKLOAD_BIN: &str = "loopscale-workload";
@@ -137,6 +138,8 @@ struct Replica {
 
 struct Generator {
     child: Child,
+    /// Port of its live `/metrics`, when the run publishes scrape targets.
+    metrics_port: Option<u16>,
     report: PathBuf,
     log: PathBuf,
     exit: Option<std::process::ExitStatus>,
@@ -171,6 +174,8 @@ pub struct LocalBackend {
     finished: Option<(StepKey, Result<Measurement, String>)>,
     /// When the current load started, for the progress bar.
     pub load_started: Option<std::time::Instant>,
+    /// Give every generator a `--metrics-addr` (for Prometheus to scrape).
+    generator_metrics: bool,
 }
 
 impl LocalBackend {
@@ -187,7 +192,42 @@ impl LocalBackend {
             load: None,
             finished: None,
             load_started: None,
+            generator_metrics: false,
         })
+    }
+
+    /// Start generators with live metrics on a loopback port each, listed by
+    /// [`LocalBackend::scrape_targets`].
+    pub fn enable_generator_metrics(&mut self) {
+        self.generator_metrics = true;
+    }
+
+    /// The running replicas and generators as Prometheus targets, named like pods.
+    pub fn scrape_targets(&self, experiment: &str) -> Vec<ScrapeTarget> {
+        let mut out = Vec::new();
+        if let Some((step, replicas)) = &self.workload {
+            for (i, r) in replicas.iter().enumerate() {
+                out.push(ScrapeTarget {
+                    address: format!("127.0.0.1:{}", r.port),
+                    role: Role::Server,
+                    pod: format!("{experiment}-{}-replica{i}", Self::step_id(step)),
+                    step: Some(*step),
+                });
+            }
+        }
+        if let Some((step, generators)) = &self.load {
+            for (i, g) in generators.iter().enumerate() {
+                if let (Some(port), None) = (g.metrics_port, g.exit) {
+                    out.push(ScrapeTarget {
+                        address: format!("127.0.0.1:{port}"),
+                        role: Role::Load,
+                        pod: format!("{experiment}-{}-gen{i}", Self::step_id(step)),
+                        step: Some(*step),
+                    });
+                }
+            }
+        }
+        out
     }
 
     fn step_id(step: &StepKey) -> String {
@@ -352,6 +392,13 @@ impl LocalBackend {
             for port in &ports {
                 cmd.arg("--target").arg(format!("http://127.0.0.1:{port}"));
             }
+            let metrics_port = if self.generator_metrics {
+                let port = free_port().context("no free loopback port")?;
+                cmd.arg("--metrics-addr").arg(format!("127.0.0.1:{port}"));
+                Some(port)
+            } else {
+                None
+            };
             let child = cmd
                 .env(RUN_DIR_ENV, &self.work_dir)
                 .arg("--report")
@@ -365,6 +412,7 @@ impl LocalBackend {
                 .with_context(|| format!("cannot start {} load", self.workload_bin.display()))?;
             generators.push(Generator {
                 child,
+                metrics_port,
                 report,
                 log,
                 exit: None,

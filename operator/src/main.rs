@@ -40,6 +40,15 @@ enum Command {
         /// The loopscale-workload binary (default: next to loopscale, then PATH).
         #[arg(long, env = "LOOPSCALE_WORKLOAD_BIN")]
         workload_bin: Option<PathBuf>,
+        /// Keep Prometheus file_sd targets of the run's processes (itself with --metrics-addr,
+        /// workload replicas, load generators) in this JSON file, e.g.
+        /// deploy/local/targets/loopscale.json for deploy/local/prometheus.yml.
+        #[arg(long, value_name = "FILE")]
+        prometheus_sd: Option<PathBuf>,
+        /// With --metrics-addr: keep serving the metrics this long after the last step, so
+        /// Prometheus scrapes the final results (Ctrl-C skips the wait).
+        #[arg(long, default_value = "5s", value_parser = parse_linger, value_name = "DUR")]
+        metrics_linger: std::time::Duration,
     },
     /// Check an Experiment manifest by the CRD's schema and CEL rules; exit 2 when invalid.
     Validate {
@@ -56,6 +65,8 @@ enum Command {
     },
     /// Print the Experiment CustomResourceDefinition as YAML.
     Crd,
+    /// Run the Kubernetes operator: reconcile Experiments until SIGTERM/SIGINT.
+    Operator(loopscale::controller::server::OperatorArgs),
 }
 
 /// Read and validate every Experiment in `file`; on any violation print them all (naming the
@@ -102,9 +113,38 @@ fn load_manifests(file: &Path) -> Result<Vec<Experiment>, ExitCode> {
     Ok(experiments)
 }
 
+/// `loopscale operator`: logs to stderr, a two-thread runtime, the controller and its HTTP server.
+fn operator(args: loopscale::controller::server::OperatorArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
+        )
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(loopscale::controller::server::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Operator(args) => operator(args),
         Command::Crd => {
             print!("{}", crd_yaml());
             ExitCode::SUCCESS
@@ -129,6 +169,8 @@ fn main() -> ExitCode {
             out,
             metrics_addr,
             workload_bin,
+            prometheus_sd,
+            metrics_linger,
         } => {
             let experiments = match load_manifests(&file) {
                 Ok(e) => e,
@@ -166,6 +208,8 @@ fn main() -> ExitCode {
                     workload_bin: workload_bin.clone(),
                     out_dir: out_dir.clone(),
                     metrics_addr,
+                    prometheus_sd: prometheus_sd.clone(),
+                    metrics_linger,
                 };
                 match runtime.block_on(run(experiment, options)) {
                     Ok((experiment, end)) => {
@@ -191,6 +235,10 @@ fn main() -> ExitCode {
             code
         }
     }
+}
+
+fn parse_linger(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 0s, 5s, 1m)"))
 }
 
 fn report(file: &Path, html: Option<&Path>) -> ExitCode {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -13,9 +13,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::crd::{Experiment, ExperimentStatus, Phase, Stage};
 use crate::engine::{decide, Action, EngineEvent};
 use crate::local::{cpu_warning, LocalBackend};
-use crate::metrics::{encode, ExperimentMetrics};
+use crate::metrics::{encode, ExperimentMetrics, ReconcileMetrics, LOCAL_LOOP_ERRORS};
 use crate::planner::parse_duration;
 use crate::render;
+use crate::scrape_targets::{self, Role, ScrapeTarget};
 
 /// Namespace label of local runs in the metrics.
 pub const LOCAL_NAMESPACE: &str = "local";
@@ -28,6 +29,12 @@ pub struct RunOptions {
     pub out_dir: PathBuf,
     /// Serve the result metrics here while running.
     pub metrics_addr: Option<SocketAddr>,
+    /// Keep the Prometheus file_sd targets of the run's processes (itself, workload replicas,
+    /// load generators) in this file while running; an empty list once it ends.
+    pub prometheus_sd: Option<PathBuf>,
+    /// With `metrics_addr`: keep serving the metrics this long after the last step, so a
+    /// Prometheus scraping every few seconds sees the final results (Ctrl-C skips it).
+    pub metrics_linger: Duration,
 }
 
 /// How a run ended.
@@ -191,14 +198,27 @@ pub async fn run(
     let mut backend = LocalBackend::new(options.workload_bin.clone(), options.out_dir.clone())?;
     let registry = Registry::new();
     let metrics = ExperimentMetrics::register(&registry)?;
+    let reconcile = ReconcileMetrics::register(&registry, &LOCAL_LOOP_ERRORS)?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut server = None;
+    let mut own_target = None;
     if let Some(addr) = options.metrics_addr {
         let (local, handle) = serve_metrics(addr, registry.clone()).await?;
         eprintln!("metrics on http://{local}/metrics");
         server = Some(handle);
+        own_target = Some(ScrapeTarget {
+            address: local.to_string(),
+            role: Role::Run,
+            pod: format!("{name}-loopscale-run"),
+            step: None,
+        });
     }
+    let mut targets = TargetsFile::new(options.prometheus_sd.clone(), &name, own_target);
+    if targets.enabled() {
+        backend.enable_generator_metrics();
+    }
+    targets.update(&backend)?;
 
     let mut status = experiment.status.clone().unwrap_or_default();
     let load_total = parse_duration(&spec.load.warmup)
@@ -213,6 +233,9 @@ pub async fn run(
     let progress = Progress::new(crate::planner::plan(&spec).len() as u64);
     let mut end = RunEnd::Succeeded;
     loop {
+        // One pass of observe, decide and act is the operator's reconcile; the waits it does
+        // between passes (the operator's requeues) are not counted in its duration.
+        let pass = Instant::now();
         let obs = backend.observe(SystemTime::now()).await;
         let decision = decide(&spec, &status, &obs);
         for e in &decision.events {
@@ -222,12 +245,18 @@ pub async fn run(
             status = decision.status;
             experiment.status = Some(status.clone());
             metrics.observe(LOCAL_NAMESPACE, &name, &status);
-            write_outputs(&experiment, &options.out_dir)?;
+            if let Err(e) = write_outputs(&experiment, &options.out_dir) {
+                reconcile.errors.with_label_values(&["persist"]).inc();
+                return Err(e);
+            }
         }
         let elapsed = backend.load_started.map(|t| t.elapsed().as_secs_f64());
         progress.update(&status, elapsed, load_total.max(0.001));
         let action = decision.action;
+        let deciding = pass.elapsed();
         if let Action::Finish { phase } = action {
+            reconcile.reconciliations.inc();
+            reconcile.duration.observe(deciding.as_secs_f64());
             if phase == Phase::Failed {
                 end = RunEnd::Failed;
             }
@@ -238,8 +267,27 @@ pub async fn run(
                 progress.line(&w);
             }
         }
+        let waits = matches!(
+            action,
+            Action::WaitReady { .. } | Action::WaitLoad { .. } | Action::Cooldown { .. }
+        );
         let stopped = tokio::select! {
-            r = backend.carry_out(&spec, &action) => { r?; false }
+            r = async {
+                let acting = Instant::now();
+                let r = backend.carry_out(&spec, &action).await;
+                (r, acting.elapsed())
+            } => {
+                let (r, acting) = r;
+                reconcile.reconciliations.inc();
+                let busy = if waits { deciding } else { deciding + acting };
+                reconcile.duration.observe(busy.as_secs_f64());
+                if r.is_err() {
+                    reconcile.errors.with_label_values(&["backend"]).inc();
+                }
+                r?;
+                targets.update(&backend)?;
+                false
+            }
             _ = interrupt.recv() => true,
             _ = terminate.recv() => true,
         };
@@ -250,6 +298,7 @@ pub async fn run(
         }
     }
     backend.tear_down().await;
+    targets.update(&backend)?;
     progress.finish();
     if end == RunEnd::Interrupted {
         status.partial = true;
@@ -257,8 +306,67 @@ pub async fn run(
     experiment.status = Some(status.clone());
     metrics.observe(LOCAL_NAMESPACE, &name, &status);
     write_outputs(&experiment, &options.out_dir)?;
+    if server.is_some() && !options.metrics_linger.is_zero() && end != RunEnd::Interrupted {
+        progress.line(&format!(
+            "serving the final metrics for {} more (Ctrl-C skips)",
+            humantime::format_duration(options.metrics_linger)
+        ));
+        tokio::select! {
+            _ = tokio::time::sleep(options.metrics_linger) => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    targets.clear()?;
     if let Some(server) = server {
         server.abort();
     }
     Ok((experiment, end))
+}
+
+/// The run's file_sd targets file, rewritten whenever its processes change.
+struct TargetsFile {
+    path: Option<PathBuf>,
+    experiment: String,
+    own: Option<ScrapeTarget>,
+    written: Option<Vec<ScrapeTarget>>,
+}
+
+impl TargetsFile {
+    fn new(path: Option<PathBuf>, experiment: &str, own: Option<ScrapeTarget>) -> Self {
+        TargetsFile {
+            path,
+            experiment: experiment.to_string(),
+            own,
+            written: None,
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.path.is_some()
+    }
+
+    /// Write the run's own target and the backend's current processes, if they changed.
+    fn update(&mut self, backend: &LocalBackend) -> anyhow::Result<()> {
+        let mut now: Vec<ScrapeTarget> = self.own.iter().cloned().collect();
+        now.extend(backend.scrape_targets(&self.experiment));
+        self.write(now)
+    }
+
+    /// Nothing left to scrape: the run is over.
+    fn clear(&mut self) -> anyhow::Result<()> {
+        self.write(Vec::new())
+    }
+
+    fn write(&mut self, now: Vec<ScrapeTarget>) -> anyhow::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if self.written.as_ref() != Some(&now) {
+            let groups = scrape_targets::target_groups(LOCAL_NAMESPACE, &self.experiment, &now);
+            scrape_targets::write(path, &groups)?;
+            self.written = Some(now);
+        }
+        Ok(())
+    }
 }

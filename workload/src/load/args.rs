@@ -72,6 +72,11 @@ pub struct LoadArgs {
     #[arg(long, env = "LOOPSCALE_LOAD_METRICS_ADDR", value_name = "IP:PORT")]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// Kubernetes: publish the report as a ConfigMap of this name for the operator, with the
+    /// pod's proof-of-origin token (see `load::publish`).
+    #[arg(long, env = "LOOPSCALE_LOAD_PUBLISH_CONFIGMAP", value_name = "NAME")]
+    pub publish_configmap: Option<String>,
+
     /// Worker threads of the generator's runtime. 1 (the default) runs everything on one
     /// current-thread runtime, the fair match for `wrk -t1`.
     #[arg(long, env = "LOOPSCALE_LOAD_THREADS", default_value_t = 1,

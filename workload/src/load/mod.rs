@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod pool;
 pub mod progress;
+pub mod publish;
 pub mod recorder;
 pub mod run;
 pub mod schedule;
@@ -114,6 +115,15 @@ pub fn main(args: LoadArgs) -> ExitCode {
         }
         Err(e) => return bad_input(&e),
     };
+    if let Some(name) = &args.publish_configmap {
+        // Kubernetes: hand the report to the operator (see `publish`); a failure exits 1 so the
+        // Job's bounded retry runs the generator again.
+        let published = runtime.block_on(publish::publish_in_cluster(name, &report.to_json()));
+        if let Err(e) = published {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     // Pending connection tasks must not keep the process alive.
     runtime.shutdown_background();
 
