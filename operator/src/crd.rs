@@ -7,6 +7,7 @@
 // kube's `printcolumn(..)` repeats `type_ = ..` per column, which clippy mistakes for duplicates.
 #![allow(clippy::duplicated_attributes)]
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -569,10 +570,43 @@ pub struct StepResult {
     pub generators: u32,
 }
 
+/// OpenAPI formats the API server knows for integers and numbers; schemars also emits `uint32`
+/// and friends, which the API server ignores with an "unrecognized format" warning on every apply.
+const KNOWN_NUMERIC_FORMATS: [&str; 4] = ["int32", "int64", "float", "double"];
+
+fn drop_unknown_numeric_formats(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(map) => {
+            let numeric = matches!(
+                map.get("type").and_then(|t| t.as_str()),
+                Some("integer" | "number")
+            );
+            let unknown = map
+                .get("format")
+                .and_then(|f| f.as_str())
+                .is_some_and(|f| !KNOWN_NUMERIC_FORMATS.contains(&f));
+            if numeric && unknown {
+                map.remove("format");
+            }
+            map.values_mut().for_each(drop_unknown_numeric_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_unknown_numeric_formats),
+        _ => {}
+    }
+}
+
+/// The Experiment CRD: kube's derived definition, minus numeric formats the API server does not
+/// know (so `kubectl apply` prints no warnings). The one source of the checked-in YAML and of
+/// local validation.
+pub fn experiment_crd() -> CustomResourceDefinition {
+    let mut value = serde_json::to_value(Experiment::crd()).expect("a CRD serializes to JSON");
+    drop_unknown_numeric_formats(&mut value);
+    serde_json::from_value(value).expect("removing formats keeps a valid CRD")
+}
+
 /// The CRD as YAML, exactly what `loopscale crd` prints and `deploy/crd/experiment.yaml` holds.
 pub fn crd_yaml() -> String {
-    let crd = Experiment::crd();
-    serde_yaml::to_string(&crd).expect("a CustomResourceDefinition serializes to YAML")
+    serde_yaml::to_string(&experiment_crd()).expect("a CustomResourceDefinition serializes to YAML")
 }
 
 #[cfg(test)]
@@ -581,7 +615,7 @@ mod tests {
 
     #[test]
     fn crd_carries_the_printer_columns_short_name_and_status_subresource() {
-        let crd = Experiment::crd();
+        let crd = experiment_crd();
         let version = &crd.spec.versions[0];
         assert_eq!(crd.spec.group, "loopscale.dev");
         assert_eq!(version.name, "v1alpha1");
@@ -601,6 +635,16 @@ mod tests {
         assert_eq!(
             columns,
             ["Phase", "Step", "Mode", "Processes", "Replicas", "Age"]
+        );
+    }
+
+    #[test]
+    fn the_crd_has_only_numeric_formats_the_api_server_knows() {
+        let yaml = crd_yaml();
+        assert!(!yaml.contains("uint32") && !yaml.contains("uint64"));
+        assert!(
+            yaml.contains("format: int64"),
+            "known formats stay (conditions' observedGeneration)"
         );
     }
 

@@ -5,10 +5,9 @@
 use std::fmt;
 
 use kube::core::cel::Validator;
-use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::crd::Experiment;
+use crate::crd::{experiment_crd, Experiment};
 
 /// One violated rule, named by the field it concerns (`spec.load.rate`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +37,7 @@ pub enum ValidationError {
 
 /// The CRD's `openAPIV3Schema` as JSON: the single source of both schema and CEL checks.
 pub fn experiment_schema() -> Value {
-    let crd = Experiment::crd();
+    let crd = experiment_crd();
     let schema = crd.spec.versions[0]
         .schema
         .as_ref()
