@@ -395,8 +395,13 @@ pub struct LocalServer {
 
 impl LocalServer {
     pub fn start() -> LocalServer {
-        let bin = loopscale::local::find_workload_bin(None).expect("cargo build -p loopscale-workload first");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let bin = loopscale::local::find_workload_bin(None)
+            .expect("cargo build -p loopscale-workload first");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(bin)
             .arg("serve")
             .env("LOOPSCALE_MODE", "event-loop")
@@ -408,7 +413,10 @@ impl LocalServer {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "loopscale-workload serve did not listen");
+            assert!(
+                Instant::now() < deadline,
+                "loopscale-workload serve did not listen"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         LocalServer {
@@ -501,20 +509,41 @@ impl Drop for StandIn {
 }
 
 /// Run one load pod's container command as described on [`StandIn`].
-async fn run_load_pod(admin: &Client, ns: &str, pod: &Pod, target: &str) -> Result<Delivered, String> {
+async fn run_load_pod(
+    admin: &Client,
+    ns: &str,
+    pod: &Pod,
+    target: &str,
+) -> Result<Delivered, String> {
     let spec = pod.spec.as_ref().ok_or("no spec")?;
     let container = &spec.containers[0];
     let name = pod.name_any();
-    let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+    let sa = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let api_token = pod_token(admin, ns, &sa, pod, None).await;
     let proof = pod_token(admin, ns, &sa, pod, Some("loopscale")).await;
-    let dir = std::env::temp_dir().join(format!("loopscale-stand-in-{}-{name}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("loopscale-stand-in-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let proof_file = dir.join("token");
     std::fs::write(&proof_file, proof).map_err(|e| e.to_string())?;
     let kubeconfig = dir.join("kubeconfig");
-    let server = ok(&kubectl(&["config", "view", "--raw", "-o", "jsonpath={.clusters[0].cluster.server}"]));
-    let ca = ok(&kubectl(&["config", "view", "--raw", "-o", "jsonpath={.clusters[0].cluster.certificate-authority-data}"]));
+    let server = ok(&kubectl(&[
+        "config",
+        "view",
+        "--raw",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]));
+    let ca = ok(&kubectl(&[
+        "config",
+        "view",
+        "--raw",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+    ]));
     std::fs::write(
         &kubeconfig,
         format!(
@@ -527,7 +556,10 @@ async fn run_load_pod(admin: &Client, ns: &str, pod: &Pod, target: &str) -> Resu
     // The container's env, with the downward API filled in as the kubelet would.
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for e in container.env.iter().flatten() {
-        let value = match (&e.value, e.value_from.as_ref().and_then(|v| v.field_ref.as_ref())) {
+        let value = match (
+            &e.value,
+            e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()),
+        ) {
             (Some(v), _) => v.clone(),
             (None, Some(f)) => match f.field_path.as_str() {
                 "metadata.name" => name.clone(),
@@ -535,7 +567,12 @@ async fn run_load_pod(admin: &Client, ns: &str, pod: &Pod, target: &str) -> Resu
                 "metadata.namespace" => ns.to_string(),
                 // e.g. JOB_COMPLETION_INDEX, which the Job controller adds to Indexed Jobs' pods.
                 other => {
-                    let key = |prefix: &str| other.strip_prefix(prefix).and_then(|k| k.strip_suffix("']")).map(str::to_string);
+                    let key = |prefix: &str| {
+                        other
+                            .strip_prefix(prefix)
+                            .and_then(|k| k.strip_suffix("']"))
+                            .map(str::to_string)
+                    };
                     if let Some(k) = key("metadata.labels['") {
                         pod.labels().get(&k).cloned().unwrap_or_default()
                     } else if let Some(k) = key("metadata.annotations['") {
@@ -550,7 +587,10 @@ async fn run_load_pod(admin: &Client, ns: &str, pod: &Pod, target: &str) -> Resu
         env.insert(e.name.clone(), value);
     }
     // Mounted where the pod spec says; here a temp file.
-    env.insert("LOOPSCALE_PUBLISH_TOKEN_FILE".into(), proof_file.display().to_string());
+    env.insert(
+        "LOOPSCALE_PUBLISH_TOKEN_FILE".into(),
+        proof_file.display().to_string(),
+    );
     let mut args: Vec<String> = Vec::new();
     let mut it = container.args.clone().unwrap_or_default().into_iter();
     while let Some(a) = it.next() {
@@ -575,11 +615,20 @@ async fn run_load_pod(admin: &Client, ns: &str, pod: &Pod, target: &str) -> Resu
         .await
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!("{args:?} exited {}: {}", out.status, String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "{args:?} exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
-    let report = Report::from_json(&std::fs::read_to_string(&report_file).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    let step = pod.labels().get("loopscale.dev/step").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let report =
+        Report::from_json(&std::fs::read_to_string(&report_file).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let step = pod
+        .labels()
+        .get("loopscale.dev/step")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Delivered { step, report })
 }
