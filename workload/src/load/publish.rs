@@ -119,7 +119,10 @@ fn required_env(name: &str) -> Result<String, PublishError> {
 /// bound token that way, because kwok mounts nothing).
 pub async fn publish_from_env(name: &str, report_json: &str) -> Result<(), PublishError> {
     let namespace = required_env("LOOPSCALE_POD_NAMESPACE")?;
-    let pod = (required_env("LOOPSCALE_POD_NAME")?, required_env("LOOPSCALE_POD_UID")?);
+    let pod = (
+        required_env("LOOPSCALE_POD_NAME")?,
+        required_env("LOOPSCALE_POD_UID")?,
+    );
     let labels = parse_labels(&std::env::var("LOOPSCALE_PUBLISH_LABELS").unwrap_or_default())?;
     let token_file = required_env("LOOPSCALE_PUBLISH_TOKEN_FILE")?;
     let proof = std::fs::read_to_string(&token_file)
