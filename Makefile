@@ -26,6 +26,7 @@ dashboards:
 .PHONY: control-plane-test
 control-plane-test:
 	deploy/testenv/build
+	cargo build -p loopscale-workload   # the stand-in runs the real load generator
 	deploy/testenv/up
 	status=0; \
 	export KUBECONFIG="$(CURDIR)/deploy/testenv/run/kubeconfig"; \

@@ -19,7 +19,6 @@ use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use loopscale::crd::{Experiment, Phase};
-use loopscale_workload::load::publish::{self, PublishTarget};
 use loopscale_workload::report::{new_histogram, Counts, GeneratorInfo, LoadModel, Report};
 
 /// Namespace and release of the chart under test.
@@ -330,13 +329,12 @@ pub async fn wait_phase(
     .await
 }
 
-/// Requests each stand-in generator reports, over a 2 s window: 500 ok responses per second.
+/// Requests in a forged report, over a 2 s window.
 pub const STAND_IN_OK: u64 = 1000;
 pub const STAND_IN_WINDOW_SECS: f64 = 2.0;
 
-/// The report a stand-in generator delivers: fixed, known numbers (10 ms each request), so the
-/// test can check the operator merged exactly the verified reports.
-pub fn stand_in_report(target: &str) -> Report {
+/// A forged report's numbers: fixed, 10 ms each request.
+pub fn forged_report(target: &str) -> Report {
     let mut h = new_histogram();
     for _ in 0..STAND_IN_OK {
         h.record(10_000).unwrap();
@@ -388,37 +386,86 @@ pub async fn pod_token(
         .token
 }
 
-/// A client that authenticates with `token` and nothing else (no client certificate).
-pub async fn token_client(token: &str) -> Client {
-    let kc = Kubeconfig::read_from(kubeconfig_path()).unwrap();
-    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.to_string().into()),
-        ..Default::default()
-    };
-    Client::try_from(config).unwrap()
+/// A real `loopscale-workload serve` on loopback: what the stand-in's generators load, since
+/// kwok's pod IPs and Service IPs are not routable (and this workplace allows loopback only).
+pub struct LocalServer {
+    child: Child,
+    pub url: String,
 }
 
-/// STAND-IN FOR THE LOAD GENERATOR'S RUN — kwok runs no containers, so nothing executes
-/// `loopscale-workload load` in a load pod. For each load pod kwok "runs", this delivers that
-/// pod's report through exactly the path a real load pod uses: the publish request of
-/// `loopscale_workload::load::publish::publish`, authenticated as the pod's `loopscale-load`
-/// ServiceAccount with a token bound to that pod (what the kubelet mounts), carrying the pod's
-/// projected `loopscale`-audience proof token, with the labels and name the pod spec gives the
-/// container. Only the report's numbers are made up ([`stand_in_report`]).
+impl LocalServer {
+    pub fn start() -> LocalServer {
+        let bin = loopscale::local::find_workload_bin(None)
+            .expect("cargo build -p loopscale-workload first");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .arg("serve")
+            .env("LOOPSCALE_MODE", "event-loop")
+            .env("LOOPSCALE_PROCESSES", "1")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "loopscale-workload serve did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        LocalServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the stand-in delivered for one load pod.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The pod's `loopscale.dev/step` label.
+    pub step: u32,
+    /// The report the generator wrote (and published).
+    pub report: Report,
+}
+
+/// STAND-IN FOR THE KUBELET OF THE LOAD PODS — kwok runs no containers, so nothing executes a
+/// load pod's command. For each load pod kwok "runs", this runs that pod's container command
+/// with the real `loopscale-workload` binary: the same args (`load ... --publish-configmap
+/// <pod>`), the same env (downward-API values filled in from the pod), credentials a kubelet
+/// would mount — the pod's `loopscale-load` token bound to that pod (API audience), given as a
+/// kubeconfig, and the projected `loopscale`-audience proof token file — obtained through the
+/// TokenRequest API. Two differences, both forced by kwok: `--target` points at a real
+/// `loopscale-workload serve` on loopback instead of the unroutable Service, and the report
+/// also goes to a file so the test can compare. The publishing request is the load role's own.
 pub struct StandIn {
     task: tokio::task::JoinHandle<()>,
-    pub delivered: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
+    pub delivered: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Delivered>>>,
+    _server: LocalServer,
 }
 
 impl StandIn {
     pub fn start(admin: Client, ns: String) -> StandIn {
-        let delivered = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
-        let seen = delivered.clone();
+        let server = LocalServer::start();
+        let target = server.url.clone();
+        let delivered = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let done = delivered.clone();
         let task = tokio::spawn(async move {
             let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+            let mut started: BTreeSet<String> = BTreeSet::new();
             loop {
                 let list = pods
                     .list(&ListParams::default().labels("loopscale.dev/component=load"))
@@ -427,60 +474,31 @@ impl StandIn {
                     .unwrap_or_default();
                 for pod in list {
                     let name = pod.name_any();
-                    if seen.lock().unwrap().contains(&name)
-                        || pod.metadata.deletion_timestamp.is_some()
-                    {
+                    if started.contains(&name) || pod.metadata.deletion_timestamp.is_some() {
                         continue;
                     }
-                    let Some(spec) = pod.spec.as_ref() else {
-                        continue;
-                    };
-                    let container = &spec.containers[0];
-                    let env: BTreeMap<String, String> = container
-                        .env
-                        .iter()
-                        .flatten()
-                        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
-                        .collect();
-                    let args = container.args.clone().unwrap_or_default();
-                    let target = args
-                        .windows(2)
-                        .find(|w| w[0] == "--target")
-                        .map(|w| w[1].clone())
-                        .unwrap_or_default();
-                    let sa = spec.service_account_name.clone().unwrap_or_default();
-                    let api_token = pod_token(&admin, &ns, &sa, &pod, None).await;
-                    let proof = pod_token(&admin, &ns, &sa, &pod, Some("loopscale")).await;
-                    let target_cm = PublishTarget {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        labels: publish::parse_labels(
-                            env.get("LOOPSCALE_PUBLISH_LABELS")
-                                .map(String::as_str)
-                                .unwrap_or(""),
-                        )
-                        .unwrap(),
-                        pod: (name.clone(), pod.uid().unwrap_or_default()),
-                    };
-                    let report = stand_in_report(&target).to_json();
-                    match publish::publish(
-                        token_client(&api_token).await,
-                        &target_cm,
-                        &report,
-                        &proof,
-                    )
-                    .await
-                    {
-                        Ok(()) => {
-                            seen.lock().unwrap().insert(name);
+                    started.insert(name.clone());
+                    let admin = admin.clone();
+                    let ns = ns.clone();
+                    let target = target.clone();
+                    let done = done.clone();
+                    tokio::spawn(async move {
+                        match run_load_pod(&admin, &ns, &pod, &target).await {
+                            Ok(d) => {
+                                done.lock().unwrap().insert(name, d);
+                            }
+                            Err(e) => eprintln!("stand-in: load pod {name}: {e}"),
                         }
-                        Err(e) => eprintln!("stand-in: publishing for {name} failed: {e}"),
-                    }
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         });
-        StandIn { task, delivered }
+        StandIn {
+            task,
+            delivered,
+            _server: server,
+        }
     }
 }
 
@@ -488,6 +506,131 @@ impl Drop for StandIn {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Run one load pod's container command as described on [`StandIn`].
+async fn run_load_pod(
+    admin: &Client,
+    ns: &str,
+    pod: &Pod,
+    target: &str,
+) -> Result<Delivered, String> {
+    let spec = pod.spec.as_ref().ok_or("no spec")?;
+    let container = &spec.containers[0];
+    let name = pod.name_any();
+    let sa = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let api_token = pod_token(admin, ns, &sa, pod, None).await;
+    let proof = pod_token(admin, ns, &sa, pod, Some("loopscale")).await;
+    let dir =
+        std::env::temp_dir().join(format!("loopscale-stand-in-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let proof_file = dir.join("token");
+    std::fs::write(&proof_file, proof).map_err(|e| e.to_string())?;
+    let kubeconfig = dir.join("kubeconfig");
+    let server = ok(&kubectl(&[
+        "config",
+        "view",
+        "--raw",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]));
+    let ca = ok(&kubectl(&[
+        "config",
+        "view",
+        "--raw",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+    ]));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{server}\", certificate-authority-data: \"{ca}\"}}}}]\nusers: [{{name: pod, user: {{token: \"{api_token}\"}}}}]\ncontexts: [{{name: pod, context: {{cluster: c, user: pod}}}}]\ncurrent-context: pod\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let report_file = dir.join("report.json");
+
+    // The container's env, with the downward API filled in as the kubelet would.
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for e in container.env.iter().flatten() {
+        let value = match (
+            &e.value,
+            e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()),
+        ) {
+            (Some(v), _) => v.clone(),
+            (None, Some(f)) => match f.field_path.as_str() {
+                "metadata.name" => name.clone(),
+                "metadata.uid" => pod.uid().unwrap_or_default(),
+                "metadata.namespace" => ns.to_string(),
+                // e.g. JOB_COMPLETION_INDEX, which the Job controller adds to Indexed Jobs' pods.
+                other => {
+                    let key = |prefix: &str| {
+                        other
+                            .strip_prefix(prefix)
+                            .and_then(|k| k.strip_suffix("']"))
+                            .map(str::to_string)
+                    };
+                    if let Some(k) = key("metadata.labels['") {
+                        pod.labels().get(&k).cloned().unwrap_or_default()
+                    } else if let Some(k) = key("metadata.annotations['") {
+                        pod.annotations().get(&k).cloned().unwrap_or_default()
+                    } else {
+                        return Err(format!("unexpected fieldRef {other}"));
+                    }
+                }
+            },
+            _ => return Err(format!("unexpected env {}", e.name)),
+        };
+        env.insert(e.name.clone(), value);
+    }
+    // Mounted where the pod spec says; here a temp file.
+    env.insert(
+        "LOOPSCALE_PUBLISH_TOKEN_FILE".into(),
+        proof_file.display().to_string(),
+    );
+    let mut args: Vec<String> = Vec::new();
+    let mut it = container.args.clone().unwrap_or_default().into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--target" => {
+                it.next();
+                args.extend(["--target".into(), target.to_string()]);
+            }
+            "--report" => {
+                it.next();
+                args.extend(["--report".into(), report_file.display().to_string()]);
+            }
+            _ => args.push(a.replace("$(LOOPSCALE_POD_NAME)", &name)),
+        }
+    }
+    let bin = loopscale::local::find_workload_bin(None).map_err(|e| e.to_string())?;
+    let out = tokio::process::Command::new(bin)
+        .args(&args)
+        .envs(&env)
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "{args:?} exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let report =
+        Report::from_json(&std::fs::read_to_string(&report_file).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let step = pod
+        .labels()
+        .get("loopscale.dev/step")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Delivered { step, report })
 }
 
 /// A small Experiment for the control-plane tests: 2 modes × 1 process × replicas [1, 2],

@@ -118,7 +118,7 @@ pub fn main(args: LoadArgs) -> ExitCode {
     if let Some(name) = &args.publish_configmap {
         // Kubernetes: hand the report to the operator (see `publish`); a failure exits 1 so the
         // Job's bounded retry runs the generator again.
-        let published = runtime.block_on(publish::publish_in_cluster(name, &report.to_json()));
+        let published = runtime.block_on(publish::publish_from_env(name, &report.to_json()));
         if let Err(e) = published {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;

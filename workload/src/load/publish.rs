@@ -9,9 +9,10 @@
 //! ConfigMaps in the namespace can forge a result. The ConfigMap is owned by the pod, so it goes
 //! away with the Job (and the Experiment), and it survives an operator restart.
 //!
-//! [`publish`] is the one code path: the load role calls it with in-cluster credentials, and the
-//! control-plane test's stand-in (kwok runs no containers) calls it with the same pod's bound
-//! tokens obtained through the TokenRequest API.
+//! [`publish_from_env`] is the one code path (`loopscale-workload load --publish-configmap`): in a
+//! pod with the mounted credentials; in the control-plane test's stand-in (kwok runs no
+//! containers) the same binary runs with the same pod's bound tokens, obtained through the
+//! TokenRequest API.
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -110,10 +111,13 @@ fn required_env(name: &str) -> Result<String, PublishError> {
         .ok_or_else(|| PublishError::Setup(format!("environment variable {name} is not set")))
 }
 
-/// Publish from inside a load pod: in-cluster credentials, the pod's identity from the downward
-/// API (`LOOPSCALE_POD_NAMESPACE`, `LOOPSCALE_POD_NAME`, `LOOPSCALE_POD_UID`), labels from
-/// `LOOPSCALE_PUBLISH_LABELS` and the proof token from `LOOPSCALE_PUBLISH_TOKEN_FILE`.
-pub async fn publish_in_cluster(name: &str, report_json: &str) -> Result<(), PublishError> {
+/// Publish from a load pod: the pod's identity from the downward API
+/// (`LOOPSCALE_POD_NAMESPACE`, `LOOPSCALE_POD_NAME`, `LOOPSCALE_POD_UID`), labels from
+/// `LOOPSCALE_PUBLISH_LABELS`, the proof token from `LOOPSCALE_PUBLISH_TOKEN_FILE`, and the API
+/// credentials kube infers: in a pod, the mounted ServiceAccount token and CA (no kubeconfig
+/// exists there); elsewhere `KUBECONFIG` (the control-plane test's stand-in passes the pod's
+/// bound token that way, because kwok mounts nothing).
+pub async fn publish_from_env(name: &str, report_json: &str) -> Result<(), PublishError> {
     let namespace = required_env("LOOPSCALE_POD_NAMESPACE")?;
     let pod = (
         required_env("LOOPSCALE_POD_NAME")?,
@@ -123,7 +127,9 @@ pub async fn publish_in_cluster(name: &str, report_json: &str) -> Result<(), Pub
     let token_file = required_env("LOOPSCALE_PUBLISH_TOKEN_FILE")?;
     let proof = std::fs::read_to_string(&token_file)
         .map_err(|e| PublishError::Setup(format!("cannot read {token_file}: {e}")))?;
-    let config = kube::Config::incluster().map_err(|e| PublishError::Setup(e.to_string()))?;
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| PublishError::Setup(format!("no Kubernetes credentials: {e}")))?;
     let client = Client::try_from(config)?;
     let target = PublishTarget {
         namespace,
