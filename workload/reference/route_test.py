@@ -1,8 +1,9 @@
 """Checks that the real Express and FastAPI reference servers answer every route as the emulation
 does, with 1 and 2 worker processes, and that they show the behaviour the calibration relies on
 (Express's loop blocks on CPU work; FastAPI's `def` route does not block the loop, its
-`async def` + sync call does). Prints PASS/FAIL lines and `N passed, M failed`; exits 1 on any
-failure. Run by ./test after the installs; Python 3.11 standard library only.
+`async def` + sync call does). Prints PASS/FAIL lines and a count; exits 1 on any
+failure. Run by ./test after the installs (which prints the closing count); Python 3.11
+standard library only.
 
     python3 route_test.py [express] [fastapi]
 """
@@ -209,7 +210,7 @@ def main(argv: list[str]) -> int:
                     check_drain(res, server)
                 finally:
                     server.stop()
-    print(f"{res.passed} passed, {res.failed} failed")
+    print(f"route tests: {res.passed} PASS, {res.failed} FAIL")
     return 1 if res.failed else 0
 
 

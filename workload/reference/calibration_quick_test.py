@@ -1,0 +1,79 @@
+"""Runs `calibrate --quick` for real (reference servers, emulation, load generator) and checks that
+its JSON holds every shape metric for all four implementations, the proposed overhead for both
+modes and a comparison for every metric of both pairs. Whether the emulation lands within +-25%
+is reported by the table, not asserted here: quick runs on a shared 2-core machine are too short
+for that to be a fair pass/fail. Prints PASS/FAIL lines; exits 1 on any failure.
+
+    python3 calibration_quick_test.py [--workload-bin PATH]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import calibration as cal
+import reference_servers as rs
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv: list[str]) -> int:
+    passed = failed = 0
+
+    def check(name: str, ok: bool, detail: str = "") -> None:
+        nonlocal passed, failed
+        if ok:
+            passed += 1
+            print(f"PASS calibrate --quick {name}", flush=True)
+        else:
+            failed += 1
+            print(f"FAIL calibrate --quick {name}: {detail}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="loopscale-calibrate-test-") as tmp:
+        out = Path(tmp) / "calibration.json"
+        cmd = [sys.executable, str(HERE / "calibrate"), "--quick", "--json", str(out), "--work-dir", tmp, *argv]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        check("exits 0", proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
+        if proc.returncode == 0:
+            print(proc.stdout, flush=True)
+        try:
+            result = json.loads(out.read_text())
+        except (OSError, ValueError) as err:
+            check("writes its JSON", False, str(err))
+            print(f"calibration quick test: {passed} PASS, {failed} FAIL")
+            return 1
+        check("writes its JSON", result.get("version") == cal.CALIBRATION_VERSION, f"version {result.get('version')}")
+        metrics = result.get("shape_metrics", {})
+        for impl in rs.IMPLEMENTATIONS:
+            for metric in cal.SHAPE_METRICS:
+                value = metrics.get(impl, {}).get(metric)
+                check(
+                    f"{impl} {metric} is a positive number",
+                    isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                    f"got {value!r}",
+                )
+        for mode in ("event-loop", "thread-pool"):
+            value = result.get("proposed_overhead_us", {}).get(mode)
+            check(f"proposes an overhead for {mode}", isinstance(value, int) and value >= 0, f"got {value!r}")
+        costs = result.get("baseline_costs", {})
+        for impl in rs.IMPLEMENTATIONS:
+            value = costs.get(impl, {}).get("cpu_us_per_request")
+            check(f"{impl} CPU cost per request measured", isinstance(value, (int, float)) and value > 0, f"got {value!r}")
+        comparisons = result.get("comparisons", [])
+        complete = [c for c in comparisons if c.get("ratio") is not None]
+        check(
+            "compares every metric of both pairs",
+            len(complete) == len(cal.PAIRS) * len(cal.SHAPE_METRICS),
+            f"{len(complete)} of {len(cal.PAIRS) * len(cal.SHAPE_METRICS)}",
+        )
+    print(f"calibration quick test: {passed} PASS, {failed} FAIL")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
