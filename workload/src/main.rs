@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use loopscale_workload::report::{merge, Report};
 
 /// loopscale's data plane: the emulated server and the load generator.
 #[derive(Parser)]
@@ -19,9 +20,12 @@ enum Command {
     Load(loopscale_workload::load::LoadArgs),
     /// Merge load reports exactly (histograms, not averaged percentiles) and print the summary.
     Merge {
-        /// Report files written by `load --report`.
+        /// Report files written by `load --report` (`-` reads one report from stdin).
         #[arg(required = true)]
         reports: Vec<PathBuf>,
+        /// Print the merged report as JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -30,8 +34,43 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve => loopscale_workload::serve::main(),
         Command::Load(args) => loopscale_workload::load::main(args),
-        Command::Merge { reports } => {
-            eprintln!("merge of {} reports: not implemented yet", reports.len());
+        Command::Merge { reports, json } => merge_command(&reports, json),
+    }
+}
+
+/// Reads the reports, merges them and prints the summary (or the merged JSON).
+/// Exit 0 on success, 1 when a report cannot be read or the reports do not merge.
+fn merge_command(paths: &[PathBuf], json: bool) -> ExitCode {
+    let mut reports = Vec::with_capacity(paths.len());
+    for path in paths {
+        let text = if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+        } else {
+            std::fs::read_to_string(path)
+        };
+        let parsed = text
+            .map_err(|e| e.to_string())
+            .and_then(|t| Report::from_json(&t).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(report) => reports.push(report),
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    match merge(&reports) {
+        Ok(merged) if json => {
+            println!("{}", merged.to_json());
+            ExitCode::SUCCESS
+        }
+        Ok(merged) => {
+            print!("{}", merged.render_summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::from(1)
         }
     }
