@@ -64,6 +64,15 @@ def main(argv: list[str]) -> int:
         for impl in rs.IMPLEMENTATIONS:
             value = costs.get(impl, {}).get("cpu_us_per_request")
             check(f"{impl} CPU cost per request measured", isinstance(value, (int, float)) and value > 0, f"got {value!r}")
+        measurements = result.get("measurements", {})
+        for impl in rs.IMPLEMENTATIONS:
+            runs = measurements.get(impl, {})
+            bad = {name: m.get("errors") for name, m in runs.items() if m.get("errors") != 0 or m.get("ok", 0) <= 0}
+            check(
+                f"{impl}: every scenario served requests without errors",
+                set(runs) == {s.name for s in cal.SCENARIOS} and not bad,
+                f"scenarios {sorted(runs)}, with errors or nothing served: {bad}",
+            )
         comparisons = result.get("comparisons", [])
         complete = [c for c in comparisons if c.get("ratio") is not None]
         check(

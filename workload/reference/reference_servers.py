@@ -136,6 +136,7 @@ def start(
         {
             "PORT": str(port),
             "HOST": "127.0.0.1",
+            "LOOPSCALE_HOST": "127.0.0.1",
             "LOOPSCALE_PROCESSES": str(processes),
         }
     )
