@@ -105,6 +105,7 @@ def check_routes(res: Results, server: rs.Server) -> None:
             prefix = f"{route}?{others}&" if others else f"{route}?"
             for value in BAD_VALUES:
                 expect_text(f"{prefix}{param}={value}", 400)
+    expect_text("/mixed?io_ms=30000&cpu_ms=30001", 400)  # the sum is limited too
     expect_text("/nope", 404)
     expect_text("/hello/extra", 404)
     expect_text("/", 404)

@@ -21,7 +21,8 @@ const cluster = require('node:cluster');
 const crypto = require('node:crypto');
 const { setTimeout: sleep } = require('node:timers/promises');
 
-/** The emulation's limit: at most 60 s of work per request, integers only. */
+/** The emulation's limit: at most 60 s of work per request (each parameter and, for /mixed,
+ *  their sum); integers only. */
 const MAX_MS = 60000;
 
 function intFromEnv(names, fallback, min) {
@@ -113,6 +114,7 @@ function startWorker() {
   app.get('/mixed', async (req, res) => {
     const ioMs = msParam(req.query, 'io_ms');
     const cpuMs = msParam(req.query, 'cpu_ms');
+    if (ioMs + cpuMs > MAX_MS) throw new BadRequest(`io_ms + cpu_ms must be at most ${MAX_MS}, got ${ioMs + cpuMs}`);
     await sleep(ioMs);
     burnCpu(cpuMs);
     res.json({ route: 'mixed', io_ms: ioMs, cpu_ms: cpuMs });

@@ -25,7 +25,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from pydantic import BeforeValidator
@@ -33,7 +33,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MAX_MS = 60_000
-"""The emulation's limit: at most 60 s of work per request."""
+"""The emulation's limit: at most 60 s of work per request (each parameter and, for /mixed, their
+sum)."""
 
 
 
@@ -143,6 +144,8 @@ async def cpu_inline(ms: Millis) -> dict:
 
 @app.get("/mixed")
 async def mixed(io_ms: Millis, cpu_ms: Millis) -> dict:
+    if io_ms + cpu_ms > MAX_MS:
+        raise HTTPException(status_code=400, detail=f"io_ms + cpu_ms must be at most {MAX_MS}, got {io_ms + cpu_ms}")
     await asyncio.sleep(io_ms / 1000.0)
     await run_in_threadpool(burn_cpu, cpu_ms)
     return {"route": "mixed", "io_ms": io_ms, "cpu_ms": cpu_ms}
