@@ -78,6 +78,16 @@ SCENARIOS = (
     Scenario("cpu_p2", 2, f"/cpu?ms={CPU_MS}", CPU_CONCURRENCY),
 )
 
+SCENARIO_GROUPS = (
+    ("hello_cost",),
+    ("hello_alone", "hello_under_cpu"),
+    ("cpu_p1", "cpu_p2", "cpu_inline_p1"),
+    ("io_high_concurrency",),
+)
+"""Scenarios whose results are divided by each other run back to back on one implementation;
+the implementations take turns group by group, so noise from the rest of the machine hits a
+ratio's two sides, and the four implementations, alike."""
+
 SHAPE_METRICS = {
     "cpu_scaling_2p_over_1p": "throughput of /cpu with 2 processes / with 1",
     "hello_slowdown_under_cpu": "p50 of /hello while /cpu runs (4 in flight) / p50 of /hello alone",
@@ -100,6 +110,9 @@ class Measurement:
     errors: int
     window_secs: float
     server_cpu_secs: float | None = None
+    """CPU of all the server's threads over the measured window (measure_cpu scenarios)."""
+    loop_cpu_secs: float | None = None
+    """CPU of the server's busiest thread (its event loop) over the measured window."""
     background_throughput_rps: float | None = None
 
     @property
@@ -107,6 +120,12 @@ class Measurement:
         if self.server_cpu_secs is None or self.ok <= 0:
             return None
         return self.server_cpu_secs * 1e6 / self.ok
+
+    @property
+    def loop_cpu_us_per_request(self) -> float | None:
+        if self.loop_cpu_secs is None or self.ok <= 0:
+            return None
+        return self.loop_cpu_secs * 1e6 / self.ok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,14 +151,16 @@ def median_measurement(runs: list[Measurement]) -> Measurement:
         ok=int(med([r.ok for r in runs])),
         errors=int(med([r.errors for r in runs])),
         window_secs=med([r.window_secs for r in runs]),
-        server_cpu_secs=_median_cpu_per_ok(runs),
+        server_cpu_secs=_median_cpu_per_ok(runs, "cpu_us_per_request"),
+        loop_cpu_secs=_median_cpu_per_ok(runs, "loop_cpu_us_per_request"),
         background_throughput_rps=med([r.background_throughput_rps for r in runs]),
     )
 
 
-def _median_cpu_per_ok(runs: list[Measurement]) -> float | None:
-    """The CPU seconds that, with the median `ok`, give the median CPU cost per request."""
-    costs = [r.cpu_us_per_request for r in runs if r.cpu_us_per_request is not None]
+def _median_cpu_per_ok(runs: list[Measurement], per_request: str) -> float | None:
+    """The CPU seconds that, with the median `ok`, give the median of the per-request cost
+    property `per_request`."""
+    costs = [getattr(r, per_request) for r in runs if getattr(r, per_request) is not None]
     if not costs:
         return None
     ok = int(statistics.median([r.ok for r in runs]))
@@ -175,9 +196,10 @@ def shape_metrics(by_scenario: dict[str, Measurement]) -> dict[str, float | None
 
 
 def propose_overhead_us(real_cpu_us: float | None, emulated_cpu_us_at_zero: float | None) -> int | None:
-    """The LOOPSCALE_REQUEST_OVERHEAD_US that makes the emulation spend as much CPU per request
-    as the real runtime: the real cost minus what the emulation already spends with no overhead
-    (its own HTTP handling). Never negative: the emulation cannot be made cheaper."""
+    """The LOOPSCALE_REQUEST_OVERHEAD_US that makes the emulation's event loop spend as much CPU
+    per request as the real runtime's: the real loop cost minus what the emulation's loop already
+    spends with no overhead (its own HTTP handling). Never negative: the emulation cannot be made
+    cheaper."""
     if real_cpu_us is None or emulated_cpu_us_at_zero is None:
         return None
     return max(0, round(real_cpu_us - emulated_cpu_us_at_zero))
@@ -245,7 +267,8 @@ def render_table(comparisons: list[Comparison], costs: dict[str, dict], proposal
             cells += [_fmt(r, 1), _fmt(e, 1), _fmt(safe_ratio(e, r))]
         return f"| {label} | {' | '.join(cells)} |"
 
-    lines.append(cost_row("CPU us per /hello (server, all processes)", "cpu_us_per_request"))
+    lines.append(cost_row("CPU us per /hello on the event-loop thread", "loop_cpu_us_per_request"))
+    lines.append(cost_row("CPU us per /hello, all threads and processes", "cpu_us_per_request"))
     lines.append(cost_row(f"/hello req/s, 1 process, {HELLO_COST_CONCURRENCY} in flight", "throughput_rps"))
     lines.append("")
     lines.append(
@@ -259,25 +282,53 @@ def render_table(comparisons: list[Comparison], costs: dict[str, dict], proposal
 # I/O: processes, load runs, CPU sampling
 
 
-def process_group_cpu_secs(pgid: int) -> float:
-    """User + system CPU seconds of every live process in process group `pgid` (the server's
-    supervisor and workers), from /proc."""
+def process_group_thread_cpu(pgid: int) -> dict[tuple[int, int], float]:
+    """User + system CPU seconds of every thread of every live process in process group `pgid`
+    (the server's supervisor and workers), keyed by (pid, tid), from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out: dict[tuple[int, int], float] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
+        pid = int(entry.name)
+        fields = _stat_fields(f"/proc/{pid}/stat")
         # After "pid (comm) ": state ppid pgrp session tty tpgid flags minflt cminflt majflt
         # cmajflt utime stime ...
-        if len(fields) > 12 and int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
+        if fields is None or int(fields[2]) != pgid:
+            continue
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            tfields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
+            if tfields is not None:
+                out[(pid, tid)] = (int(tfields[11]) + int(tfields[12])) / ticks
+    return out
+
+
+def _stat_fields(path: str) -> list[str] | None:
+    try:
+        with open(path, "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields if len(fields) > 12 else None
+
+
+def process_group_cpu_secs(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group `pgid`."""
+    return sum(process_group_thread_cpu(pgid).values())
+
+
+def cpu_delta(before: dict[tuple[int, int], float], after: dict[tuple[int, int], float]) -> tuple[float, float]:
+    """(CPU seconds of all threads, CPU seconds of the busiest thread) between two samples of
+    process_group_thread_cpu. Threads born in between count from zero. The busiest thread of a
+    server under /hello load is its (one) event loop: what limits its throughput; the total also
+    holds V8's compiler and GC threads, the supervisor, and so on."""
+    deltas = [max(0.0, cpu - before.get(key, 0.0)) for key, cpu in after.items()]
+    return sum(deltas), max(deltas, default=0.0)
 
 
 def _duration_arg(seconds: float) -> str:
@@ -330,6 +381,8 @@ class Settings:
     repetitions: int
     work_dir: Path
     load_bin: Path
+    prime: float = 3.0
+    """Seconds of /hello load each server gets after it starts, before any measurement."""
     verbose: bool = True
 
 
@@ -364,7 +417,7 @@ def run_scenario(settings: Settings, server: rs.Server, scenario: Scenario, rep:
     cpu_start = cpu_end = None
     if scenario.measure_cpu:
         time.sleep(max(0.0, settings.warmup - (time.monotonic() - started)))
-        cpu_start = process_group_cpu_secs(server.proc.pid)
+        cpu_start = process_group_thread_cpu(server.proc.pid)
     limit = settings.warmup + settings.duration + 60
     codes: list[int | str] = []
     for proc in procs:
@@ -375,7 +428,7 @@ def run_scenario(settings: Settings, server: rs.Server, scenario: Scenario, rep:
             proc.wait()
             codes.append("timeout")
         if scenario.measure_cpu and cpu_end is None:
-            cpu_end = process_group_cpu_secs(server.proc.pid)
+            cpu_end = process_group_thread_cpu(server.proc.pid)
     if any(code != 0 for code in codes):
         raise RuntimeError(
             f"load on {server.name} {scenario.name} exited {codes}: "
@@ -395,7 +448,8 @@ def run_scenario(settings: Settings, server: rs.Server, scenario: Scenario, rep:
         ok=int(summary["ok"]),
         errors=_error_total(summary),
         window_secs=float(report["window_secs"]),
-        server_cpu_secs=(cpu_end - cpu_start) if cpu_start is not None else None,
+        server_cpu_secs=cpu_delta(cpu_start, cpu_end)[0] if cpu_start is not None and cpu_end is not None else None,
+        loop_cpu_secs=cpu_delta(cpu_start, cpu_end)[1] if cpu_start is not None and cpu_end is not None else None,
         background_throughput_rps=background_rps,
     )
 
@@ -405,39 +459,75 @@ def log(settings: Settings, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+class ServerPool:
+    """The servers of one calibration, keyed by (implementation, processes), all running at the
+    same time (idle ones cost nothing), so that scenarios can alternate between them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.servers: dict[tuple[str, int], rs.Server] = {}
+
+    def start(self, impl: str, processes: int, overhead_us: dict[str, int] | None = None) -> rs.Server:
+        extra = {}
+        if impl in MODE_OF:
+            extra["LOOPSCALE_REQUEST_OVERHEAD_US"] = str((overhead_us or {}).get(MODE_OF[impl], 0))
+        server = rs.start(impl, processes, self.settings.work_dir, self.settings.load_bin, extra)
+        self.servers[(impl, processes)] = server
+        self.prime(server)
+        return server
+
+    def prime(self, server: rs.Server) -> None:
+        """Load /hello for a while before anything is measured: V8 compiles Express's hot paths
+        only after thousands of requests, and its JIT's CPU would count as per-request cost."""
+        report = self.settings.work_dir / f"prime-{server.name}-p{server.processes}-{server.port}.json"
+        argv = load_argv(self.settings.load_bin, server.port, "/hello", 16, 0.0, self.settings.prime, report)
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=self.settings.prime + 60)
+
+    def stop(self, impl: str, processes: int) -> None:
+        server = self.servers.pop((impl, processes), None)
+        if server is not None:
+            server.stop()
+
+    def stop_all(self) -> None:
+        for key in list(self.servers):
+            self.stop(*key)
+
+    def __enter__(self) -> "ServerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+
 def measure(
     settings: Settings,
+    pool: ServerPool,
     implementations: list[str],
     scenarios: tuple[Scenario, ...],
-    overhead_us: dict[str, int],
 ) -> dict[str, dict[str, list[Measurement]]]:
-    """Runs every scenario `settings.repetitions` times on every implementation. Servers with the
-    same process count run side by side (idle when not measured) so that the implementations are
-    measured interleaved, scenario by scenario: machine noise hits them alike."""
+    """Runs every scenario `settings.repetitions` times on every implementation's server in
+    `pool`, in the order SCENARIO_GROUPS gives."""
+    by_name = {s.name: s for s in scenarios}
+    groups = [[by_name[n] for n in group if n in by_name] for group in SCENARIO_GROUPS]
+    groups = [g for g in groups if g]
     results: dict[str, dict[str, list[Measurement]]] = {impl: {} for impl in implementations}
-    for processes in sorted({s.processes for s in scenarios}):
-        batch = [s for s in scenarios if s.processes == processes]
-        servers = []
-        try:
+    for rep in range(settings.repetitions):
+        for group in groups:
             for impl in implementations:
-                extra = {}
-                if impl in MODE_OF:
-                    extra["LOOPSCALE_REQUEST_OVERHEAD_US"] = str(overhead_us.get(MODE_OF[impl], 0))
-                servers.append(rs.start(impl, processes, settings.work_dir, settings.load_bin, extra))
-            for rep in range(settings.repetitions):
-                for scenario in batch:
-                    for server in servers:
-                        m = run_scenario(settings, server, scenario, rep)
-                        results[server.name].setdefault(scenario.name, []).append(m)
-                        log(
-                            settings,
-                            f"  {server.name:<22} {scenario.name:<20} rep {rep + 1}: {m.throughput_rps:9.1f} req/s"
-                            f"  p50 {m.p50_ms:8.2f} ms  errors {m.errors}"
-                            + (f"  {m.cpu_us_per_request:.1f} us CPU/req" if m.cpu_us_per_request else ""),
-                        )
-        finally:
-            for server in servers:
-                server.stop()
+                for scenario in group:
+                    server = pool.servers[(impl, scenario.processes)]
+                    m = run_scenario(settings, server, scenario, rep)
+                    results[impl].setdefault(scenario.name, []).append(m)
+                    log(
+                        settings,
+                        f"  {impl:<22} {scenario.name:<20} rep {rep + 1}: {m.throughput_rps:9.1f} req/s"
+                        f"  p50 {m.p50_ms:8.2f} ms  errors {m.errors}"
+                        + (
+                            f"  CPU/req {m.loop_cpu_us_per_request:.1f} us loop, {m.cpu_us_per_request:.1f} us all"
+                            if m.cpu_us_per_request is not None and m.loop_cpu_us_per_request is not None
+                            else ""
+                        ),
+                    )
     return results
 
 
@@ -472,10 +562,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Compare loopscale's emulation with real Express and FastAPI and propose "
         "LOOPSCALE_REQUEST_OVERHEAD_US for each mode.",
     )
-    parser.add_argument("--quick", action="store_true", help="short runs, 1 repetition (CI): about 1-2 minutes")
-    parser.add_argument("--duration", type=float, help="measured seconds per run (default 4, quick 1)")
+    parser.add_argument("--quick", action="store_true", help="short runs, 1 repetition (CI): about 3 minutes")
+    parser.add_argument("--duration", type=float, help="measured seconds per run (default 4, quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per run (default 1, quick 0.5)")
     parser.add_argument("--repetitions", type=int, help="runs per scenario, median taken (default 3, quick 1)")
+    parser.add_argument("--prime", type=float, help="seconds of /hello load on each new server before measuring (default 5, quick 2)")
     parser.add_argument("--json", default="calibration.json", help="where to write the results (default calibration.json)")
     parser.add_argument("--workload-bin", help="the loopscale-workload binary (default: target/release, built if missing)")
     parser.add_argument("--overhead-event-loop-us", type=int, help="use this overhead for event-loop mode instead of proposing one")
@@ -483,11 +574,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="keep load reports and server logs here (default: a temporary folder)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
-    args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 4.0)
+    args.duration = args.duration if args.duration is not None else (2.0 if args.quick else 4.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     args.repetitions = args.repetitions if args.repetitions is not None else (1 if args.quick else 3)
-    if args.duration <= 0 or args.warmup < 0 or args.repetitions < 1:
-        parser.error("--duration must be > 0, --warmup >= 0 and --repetitions >= 1")
+    args.prime = args.prime if args.prime is not None else (2.0 if args.quick else 5.0)
+    if args.duration <= 0 or args.warmup < 0 or args.repetitions < 1 or args.prime <= 0:
+        parser.error("--duration and --prime must be > 0, --warmup >= 0 and --repetitions >= 1")
     for name in ("overhead_event_loop_us", "overhead_thread_pool_us"):
         value = getattr(args, name)
         if value is not None and value < 0:
@@ -510,7 +602,9 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="loopscale-calibrate-") as tmp:
         work_dir = Path(args.work_dir) if args.work_dir else Path(tmp)
         work_dir.mkdir(parents=True, exist_ok=True)
-        settings = Settings(args.warmup, args.duration, args.repetitions, work_dir, load_bin, not args.quiet)
+        settings = Settings(
+            args.warmup, args.duration, args.repetitions, work_dir, load_bin, prime=args.prime, verbose=not args.quiet
+        )
         return run_calibration(args, settings)
 
 
@@ -520,29 +614,54 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
     emulations = list(MODE_OF)
     given = {"event-loop": args.overhead_event_loop_us, "thread-pool": args.overhead_thread_pool_us}
 
-    # 1. The cost of one request: the real runtimes, and the emulation with no overhead.
-    log(settings, "step 1: CPU cost per /hello request (emulation with LOOPSCALE_REQUEST_OVERHEAD_US=0)")
-    baseline = summarise(measure(settings, list(rs.IMPLEMENTATIONS), (COST_SCENARIO,), {m: 0 for m in given}))
+    reals = [real for real, _ in PAIRS]
+    with ServerPool(settings) as pool:
+        log(settings, "starting the real servers (1 and 2 processes) and priming them")
+        for impl in reals:
+            for processes in (1, 2):
+                pool.start(impl, processes)
 
-    def cost(impl: str) -> dict:
-        m = baseline[impl].get(COST_SCENARIO.name)
-        return {"cpu_us_per_request": m.cpu_us_per_request if m else None, "throughput_rps": m.throughput_rps if m else None}
+        # 1. The cost of one request: the real runtimes, and the emulation with no overhead.
+        log(settings, "step 1: CPU cost per /hello request (emulation with LOOPSCALE_REQUEST_OVERHEAD_US=0)")
+        for emulated in emulations:
+            pool.start(emulated, 1, {m: 0 for m in given})
+        baseline = summarise(measure(settings, pool, list(rs.IMPLEMENTATIONS), (COST_SCENARIO,)))
+        for emulated in emulations:
+            pool.stop(emulated, 1)
 
-    baseline_costs = {impl: cost(impl) for impl in rs.IMPLEMENTATIONS}
-    proposal: dict[str, int | None] = {}
-    for real, emulated in PAIRS:
-        mode = MODE_OF[emulated]
-        proposal[mode] = propose_overhead_us(
-            baseline_costs[real]["cpu_us_per_request"], baseline_costs[emulated]["cpu_us_per_request"]
-        )
-    used = {mode: given[mode] if given[mode] is not None else (proposal[mode] or 0) for mode in given}
-    log(settings, f"proposed overhead (us): {proposal}; using {used}")
+        def cost(impl: str) -> dict:
+            m = baseline[impl].get(COST_SCENARIO.name)
+            return {
+                "loop_cpu_us_per_request": m.loop_cpu_us_per_request if m else None,
+                "cpu_us_per_request": m.cpu_us_per_request if m else None,
+                "throughput_rps": m.throughput_rps if m else None,
+            }
 
-    # 2. Every scenario on the real runtimes and on the emulation with the overhead.
-    log(settings, "step 2: shape scenarios")
-    final = summarise(measure(settings, list(rs.IMPLEMENTATIONS), SCENARIOS, used))
+        baseline_costs = {impl: cost(impl) for impl in rs.IMPLEMENTATIONS}
+        proposal: dict[str, int | None] = {}
+        for real, emulated in PAIRS:
+            mode = MODE_OF[emulated]
+            proposal[mode] = propose_overhead_us(
+                baseline_costs[real]["loop_cpu_us_per_request"], baseline_costs[emulated]["loop_cpu_us_per_request"]
+            )
+        used = {mode: given[mode] if given[mode] is not None else (proposal[mode] or 0) for mode in given}
+        log(settings, f"proposed overhead (us): {proposal}; using {used}")
+
+        # 2. Every scenario on the real runtimes and on the emulation with that overhead.
+        log(settings, "step 2: shape scenarios (emulation with the overhead)")
+        for emulated in emulations:
+            for processes in (1, 2):
+                pool.start(emulated, processes, used)
+        final = summarise(measure(settings, pool, list(rs.IMPLEMENTATIONS), SCENARIOS))
     metrics = {impl: shape_metrics(final[impl]) for impl in rs.IMPLEMENTATIONS}
-    costs = {impl: {"cpu_us_per_request": final[impl][COST_SCENARIO.name].cpu_us_per_request, "throughput_rps": final[impl][COST_SCENARIO.name].throughput_rps} for impl in rs.IMPLEMENTATIONS}
+    costs = {
+        impl: {
+            "loop_cpu_us_per_request": final[impl][COST_SCENARIO.name].loop_cpu_us_per_request,
+            "cpu_us_per_request": final[impl][COST_SCENARIO.name].cpu_us_per_request,
+            "throughput_rps": final[impl][COST_SCENARIO.name].throughput_rps,
+        }
+        for impl in rs.IMPLEMENTATIONS
+    }
     comparisons = compare(metrics)
     table = render_table(comparisons, costs, used)
 
@@ -555,6 +674,7 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
             "warmup_secs": settings.warmup,
             "duration_secs": settings.duration,
             "repetitions": settings.repetitions,
+            "prime_secs": settings.prime,
             "cpu_ms": CPU_MS,
             "io_ms": IO_MS,
             "io_concurrency": IO_CONCURRENCY,

@@ -16,7 +16,8 @@ import calibration as cal
 
 
 def measurement(scenario: str, rps: float, p50: float = 1.0, impl: str = "x", cpu: float | None = None, ok: int = 1000) -> cal.Measurement:
-    return cal.Measurement(scenario, impl, rps, p50, p50 * 2, ok, 0, 1.0, cpu)
+    loop_cpu = None if cpu is None else cpu / 2
+    return cal.Measurement(scenario, impl, rps, p50, p50 * 2, ok, 0, 1.0, cpu, loop_cpu)
 
 
 class ShapeMetrics(unittest.TestCase):
@@ -86,6 +87,15 @@ class Compare(unittest.TestCase):
         self.assertIn("event-loop = 60", table)
 
 
+class Groups(unittest.TestCase):
+    def test_every_scenario_in_exactly_one_group_and_ratio_sides_together(self) -> None:
+        grouped = [name for group in cal.SCENARIO_GROUPS for name in group]
+        self.assertEqual(sorted(grouped), sorted(s.name for s in cal.SCENARIOS))
+        group_of = {name: i for i, group in enumerate(cal.SCENARIO_GROUPS) for name in group}
+        for a, b in (("cpu_p1", "cpu_p2"), ("hello_alone", "hello_under_cpu"), ("cpu_p1", "cpu_inline_p1")):
+            self.assertEqual(group_of[a], group_of[b], (a, b))
+
+
 class Medians(unittest.TestCase):
     def test_median_per_field(self) -> None:
         runs = [
@@ -97,6 +107,7 @@ class Medians(unittest.TestCase):
         self.assertEqual(m.throughput_rps, 200.0)
         self.assertEqual(m.p50_ms, 2.0)
         self.assertAlmostEqual(m.cpu_us_per_request, 200.0)
+        self.assertAlmostEqual(m.loop_cpu_us_per_request, 100.0)
 
     def test_no_cpu_sample(self) -> None:
         m = cal.median_measurement([measurement("cpu_p1", 1.0), measurement("cpu_p1", 3.0)])
@@ -126,17 +137,27 @@ class LoadCommand(unittest.TestCase):
 
     def test_quick_defaults_and_bad_flags(self) -> None:
         args = cal.parse_args(["--quick"])
-        self.assertEqual((args.duration, args.warmup, args.repetitions), (1.0, 0.5, 1))
+        self.assertEqual((args.duration, args.warmup, args.repetitions, args.prime), (2.0, 0.5, 1, 2.0))
         args = cal.parse_args([])
-        self.assertEqual((args.duration, args.warmup, args.repetitions), (4.0, 1.0, 3))
+        self.assertEqual((args.duration, args.warmup, args.repetitions, args.prime), (4.0, 1.0, 3, 5.0))
         with open(os.devnull, "w") as devnull:
             stderr, sys.stderr = sys.stderr, devnull
             try:
-                for bad in (["--duration", "0"], ["--repetitions", "0"], ["--overhead-event-loop-us", "-5"]):
+                for bad in (["--duration", "0"], ["--repetitions", "0"], ["--prime", "0"], ["--overhead-event-loop-us", "-5"]):
                     with self.assertRaises(SystemExit):
                         cal.parse_args(bad)
             finally:
                 sys.stderr = stderr
+
+
+class CpuDelta(unittest.TestCase):
+    def test_total_and_busiest_thread(self) -> None:
+        before = {(1, 1): 2.0, (1, 2): 0.5, (3, 3): 1.0}
+        after = {(1, 1): 3.5, (1, 2): 0.7, (3, 3): 1.1, (3, 9): 0.3}  # (3, 9) was born in between
+        total, busiest = cal.cpu_delta(before, after)
+        self.assertAlmostEqual(total, 1.5 + 0.2 + 0.1 + 0.3)
+        self.assertAlmostEqual(busiest, 1.5)
+        self.assertEqual(cal.cpu_delta({}, {}), (0.0, 0.0))
 
 
 class CpuSampler(unittest.TestCase):
@@ -154,6 +175,9 @@ class CpuSampler(unittest.TestCase):
             self.assertGreaterEqual(cpu, 0.4)
             self.assertLess(cpu, 2.0)
             self.assertEqual(cal.process_group_cpu_secs(2**22 + 12345), 0.0)
+            threads = cal.process_group_thread_cpu(proc.pid)
+            self.assertIn((proc.pid, proc.pid), threads)
+            self.assertGreaterEqual(threads[(proc.pid, proc.pid)], 0.4)
         finally:
             proc.kill()
             proc.wait()
