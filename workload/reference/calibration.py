@@ -536,24 +536,23 @@ def summarise(results: dict[str, dict[str, list[Measurement]]]) -> dict[str, dic
 
 
 def find_workload_bin(given: str | None) -> Path:
-    """--workload-bin, else $LOOPSCALE_WORKLOAD_BIN, else target/release, else target/debug, else
-    build the release binary with cargo."""
-    candidates = [given, os.environ.get("LOOPSCALE_WORKLOAD_BIN")]
-    for candidate in candidates:
+    """--workload-bin, else $LOOPSCALE_WORKLOAD_BIN, else target/release/loopscale-workload, built
+    with cargo if missing. Never the debug build by default: its emulated server spends several
+    times the CPU per request of the release build, which would skew the proposal."""
+    for candidate in (given, os.environ.get("LOOPSCALE_WORKLOAD_BIN")):
         if candidate:
             path = Path(candidate)
             if not (path.is_file() and os.access(path, os.X_OK)):
                 raise SystemExit(f"loopscale-workload binary not found or not executable: {path}")
             return path
-    for profile in ("release", "debug"):
-        path = rs.REPO / "target" / profile / "loopscale-workload"
-        if path.is_file():
-            return path
+    path = rs.REPO / "target" / "release" / "loopscale-workload"
+    if path.is_file():
+        return path
     if shutil.which("cargo") is None:
-        raise SystemExit("no loopscale-workload binary and no cargo to build it; pass --workload-bin")
+        raise SystemExit("no target/release/loopscale-workload and no cargo to build it; pass --workload-bin")
     print("building loopscale-workload (cargo build --release -j 2)...", file=sys.stderr, flush=True)
     subprocess.run(["cargo", "build", "--release", "-j", "2", "-p", "loopscale-workload"], cwd=rs.REPO, check=True)
-    return rs.REPO / "target" / "release" / "loopscale-workload"
+    return path
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -568,9 +567,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repetitions", type=int, help="runs per scenario, median taken (default 3, quick 1)")
     parser.add_argument("--prime", type=float, help="seconds of /hello load on each new server before measuring (default 5, quick 2)")
     parser.add_argument("--json", default="calibration.json", help="where to write the results (default calibration.json)")
-    parser.add_argument("--workload-bin", help="the loopscale-workload binary (default: target/release, built if missing)")
+    parser.add_argument("--workload-bin", help="the loopscale-workload binary (default: $LOOPSCALE_WORKLOAD_BIN, else target/release, built if missing)")
     parser.add_argument("--overhead-event-loop-us", type=int, help="use this overhead for event-loop mode instead of proposing one")
     parser.add_argument("--overhead-thread-pool-us", type=int, help="use this overhead for thread-pool mode instead of proposing one")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        help="run calibrate, its servers and load generators at this nice value (e.g. -5, as root, "
+        "so that other jobs on a shared machine disturb the measurement less)",
+    )
     parser.add_argument("--work-dir", help="keep load reports and server logs here (default: a temporary folder)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
@@ -598,6 +603,12 @@ def check_installed() -> None:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     check_installed()
+    if args.nice is not None:
+        try:
+            # Children (servers, load generators) inherit it.
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        except OSError as err:
+            raise SystemExit(f"--nice {args.nice}: {err.strerror} (negative values need root)")
     load_bin = find_workload_bin(args.workload_bin)
     with tempfile.TemporaryDirectory(prefix="loopscale-calibrate-") as tmp:
         work_dir = Path(args.work_dir) if args.work_dir else Path(tmp)
@@ -675,6 +686,7 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
             "duration_secs": settings.duration,
             "repetitions": settings.repetitions,
             "prime_secs": settings.prime,
+            "nice": os.getpriority(os.PRIO_PROCESS, 0),
             "cpu_ms": CPU_MS,
             "io_ms": IO_MS,
             "io_concurrency": IO_CONCURRENCY,
