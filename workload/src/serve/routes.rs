@@ -1,0 +1,360 @@
+//! The HTTP routes of a worker and where each one's work runs (the heart of the model):
+//!
+//! | route | event-loop (Express) | thread-pool (FastAPI) |
+//! |---|---|---|
+//! | `/hello` | on the loop | on the loop (`async def`) |
+//! | `/io?ms=` | timer on the loop | timer on the loop (`await asyncio.sleep`) |
+//! | `/cpu?ms=` | on the loop: blocks it | `def` route: bounded pool, under the GIL |
+//! | `/cpu-inline?ms=` | on the loop | sync call inside `async def`: on the loop, under the GIL |
+//! | `/mixed?io_ms=&cpu_ms=` | timer, then CPU on the loop | timer, then CPU as `/cpu` |
+//! | `/offload?ms=` | libuv pool (crypto/zlib/fs) | pool, GIL released (C code such as hashlib) |
+//!
+//! Every workload route first spends `LOOPSCALE_REQUEST_OVERHEAD_US` of CPU on the loop (holding
+//! the GIL in thread-pool mode even when that is 0 µs: the loop thread runs Python for each
+//! request). Probes and `/metrics` skip it so that observing does not perturb the measurement.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+
+use crate::serve::config::{Config, Mode};
+use crate::serve::cpu::burn_cpu;
+use crate::serve::gil::{Gil, GilThread};
+use crate::serve::metrics::WorkerMetrics;
+use crate::serve::pool::BoundedPool;
+use crate::serve::worker::PodLink;
+
+/// The longest a single request may ask to take (each parameter and their sum), so one request
+/// cannot hold a worker for hours.
+pub const MAX_REQUEST_MS: f64 = 60_000.0;
+
+/// Response header naming the worker process that answered (for balancing tests and debugging).
+pub const WORKER_HEADER: &str = "x-loopscale-worker";
+
+/// What every handler of one worker shares.
+pub struct AppState {
+    /// Decides where each route's work runs.
+    pub config: Config,
+    /// This worker's index, echoed in the `x-loopscale-worker` header.
+    pub worker: usize,
+    /// This worker's registry.
+    pub metrics: Arc<WorkerMetrics>,
+    /// The process's GIL (disabled outside thread-pool mode or with `LOOPSCALE_GIL=false`).
+    pub gil: Arc<Gil>,
+    /// anyio's limiter in thread-pool mode, libuv's pool in event-loop mode.
+    pub pool: BoundedPool,
+    /// Readiness and the pod-wide scrape, via the supervisor.
+    pub pod: Arc<PodLink>,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// A request parameter that cannot be used; answered with 400 and this one-line reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParamError {
+    /// The route needs this parameter.
+    #[error("missing query parameter `{0}`")]
+    Missing(&'static str),
+    #[error("`{name}` must be a number of milliseconds, got {value:?}")]
+    NotANumber { name: &'static str, value: String },
+    #[error("`{name}` must not be negative, got {value:?}")]
+    Negative { name: &'static str, value: String },
+    #[error("`{name}` must be at most 60000 ms (60 s), got {value:?}")]
+    TooLarge { name: &'static str, value: String },
+    #[error("`io_ms` + `cpu_ms` must be at most 60000 ms (60 s), got {0} ms")]
+    TotalTooLarge(f64),
+    #[error("bad query string: {0}")]
+    Query(String),
+}
+
+impl IntoResponse for ParamError {
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, format!("{self}\n")).into_response()
+    }
+}
+
+impl From<QueryRejection> for ParamError {
+    fn from(r: QueryRejection) -> Self {
+        ParamError::Query(r.body_text().replace('\n', " "))
+    }
+}
+
+/// The query parameters any route may carry; each route says which ones it needs.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawParams {
+    ms: Option<String>,
+    io_ms: Option<String>,
+    cpu_ms: Option<String>,
+}
+
+/// Parses one duration parameter: decimal milliseconds from 0 to [`MAX_REQUEST_MS`].
+pub fn parse_millis(name: &'static str, raw: Option<&str>) -> Result<Duration, ParamError> {
+    let value = raw.ok_or(ParamError::Missing(name))?;
+    let parsed = value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| !v.is_nan() && *v != f64::INFINITY)
+        .ok_or_else(|| ParamError::NotANumber {
+            name,
+            value: value.to_string(),
+        })?;
+    if parsed < 0.0 {
+        return Err(ParamError::Negative {
+            name,
+            value: value.to_string(),
+        });
+    }
+    if parsed > MAX_REQUEST_MS {
+        return Err(ParamError::TooLarge {
+            name,
+            value: value.to_string(),
+        });
+    }
+    Ok(Duration::from_secs_f64(parsed / 1000.0))
+}
+
+fn params(q: Result<Query<RawParams>, QueryRejection>) -> Result<RawParams, ParamError> {
+    Ok(q?.0)
+}
+
+/// The worker's router: workload routes, probes, metrics, and a one-line 404 for the rest.
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut workload = Router::new()
+        .route("/hello", get(hello))
+        .route("/io", get(io))
+        .route("/cpu", get(cpu))
+        .route("/cpu-inline", get(cpu_inline))
+        .route("/mixed", get(mixed))
+        .route("/offload", get(offload));
+    // Event-loop mode with no overhead has nothing to do per request: skip the layer entirely,
+    // so the bare-framework benchmark measures only what the model needs.
+    let needs_overhead =
+        state.config.mode == Mode::ThreadPool || !state.config.request_overhead.is_zero();
+    if needs_overhead {
+        workload = workload.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_overhead,
+        ));
+    }
+    workload
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn hello() -> &'static str {
+    "Hello, World!\n"
+}
+
+async fn io(q: Result<Query<RawParams>, QueryRejection>) -> Result<String, ParamError> {
+    let ms = parse_millis("ms", params(q)?.ms.as_deref())?;
+    tokio::time::sleep(ms).await;
+    Ok(format!("io {} ms\n", ms.as_secs_f64() * 1000.0))
+}
+
+/// CPU work the way a `def` route (thread-pool) or a plain handler (event-loop) does it.
+async fn cpu_work(s: &AppState, work: Duration) {
+    match s.config.mode {
+        Mode::EventLoop => burn_cpu(work),
+        Mode::ThreadPool => {
+            let gil = s.gil.clone();
+            s.pool.run(move || gil.run_cpu(GilThread::Pool, work)).await
+        }
+    }
+}
+
+async fn cpu(
+    State(s): Shared,
+    q: Result<Query<RawParams>, QueryRejection>,
+) -> Result<String, ParamError> {
+    let ms = parse_millis("ms", params(q)?.ms.as_deref())?;
+    cpu_work(&s, ms).await;
+    Ok(format!("cpu {} ms\n", ms.as_secs_f64() * 1000.0))
+}
+
+async fn cpu_inline(
+    State(s): Shared,
+    q: Result<Query<RawParams>, QueryRejection>,
+) -> Result<String, ParamError> {
+    let ms = parse_millis("ms", params(q)?.ms.as_deref())?;
+    match s.config.mode {
+        Mode::EventLoop => burn_cpu(ms),
+        Mode::ThreadPool => s.gil.run_cpu(GilThread::Loop, ms),
+    }
+    Ok(format!("cpu-inline {} ms\n", ms.as_secs_f64() * 1000.0))
+}
+
+async fn mixed(
+    State(s): Shared,
+    q: Result<Query<RawParams>, QueryRejection>,
+) -> Result<String, ParamError> {
+    let p = params(q)?;
+    let io_ms = parse_millis("io_ms", p.io_ms.as_deref())?;
+    let cpu_ms = parse_millis("cpu_ms", p.cpu_ms.as_deref())?;
+    let total = (io_ms + cpu_ms).as_secs_f64() * 1000.0;
+    if total > MAX_REQUEST_MS {
+        return Err(ParamError::TotalTooLarge(total));
+    }
+    tokio::time::sleep(io_ms).await;
+    cpu_work(&s, cpu_ms).await;
+    Ok(format!(
+        "mixed io {} ms cpu {} ms\n",
+        io_ms.as_secs_f64() * 1000.0,
+        cpu_ms.as_secs_f64() * 1000.0
+    ))
+}
+
+async fn offload(
+    State(s): Shared,
+    q: Result<Query<RawParams>, QueryRejection>,
+) -> Result<String, ParamError> {
+    let ms = parse_millis("ms", params(q)?.ms.as_deref())?;
+    s.pool.run(move || burn_cpu(ms)).await;
+    Ok(format!("offload {} ms\n", ms.as_secs_f64() * 1000.0))
+}
+
+async fn readyz(State(s): Shared) -> Response {
+    if s.pod.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(s): Shared) -> Response {
+    match s.pod.scrape().await {
+        Some(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            text,
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics unavailable: no answer from the supervisor\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!("no route for {}\n", req.uri().path()),
+    )
+        .into_response()
+}
+
+/// The per-request framework cost on the loop (under the GIL in thread-pool mode).
+async fn request_overhead(State(s): Shared, req: Request, next: Next) -> Response {
+    match s.config.mode {
+        Mode::ThreadPool => s.gil.run_cpu(GilThread::Loop, s.config.request_overhead),
+        Mode::EventLoop if !s.config.request_overhead.is_zero() => {
+            burn_cpu(s.config.request_overhead)
+        }
+        Mode::EventLoop => {}
+    }
+    next.run(req).await
+}
+
+/// Decrements the in-flight gauge even if the request is dropped midway.
+struct InFlight(prometheus::IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Counts, times and labels every request, and names the worker in a response header.
+async fn observe(State(s): Shared, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    s.metrics.in_flight.inc();
+    let _in_flight = InFlight(s.metrics.in_flight.clone());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let mut response = next.run(req).await;
+    let route = matched.as_ref().map_or("unmatched", |p| p.as_str());
+    s.metrics
+        .request_duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    s.metrics
+        .requests_total
+        .with_label_values(&[route, response.status().as_str()])
+        .inc();
+    response
+        .headers_mut()
+        .insert(WORKER_HEADER, HeaderValue::from(s.worker));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_values_parse_to_durations() {
+        assert_eq!(parse_millis("ms", Some("0")), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_millis("ms", Some("10")),
+            Ok(Duration::from_millis(10))
+        );
+        assert_eq!(
+            parse_millis("ms", Some("0.5")),
+            Ok(Duration::from_micros(500))
+        );
+        assert_eq!(
+            parse_millis("ms", Some("60000")),
+            Ok(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn each_kind_of_bad_value_gets_its_own_reason() {
+        assert_eq!(parse_millis("ms", None), Err(ParamError::Missing("ms")));
+        for v in ["abc", "", "1e", "NaN", "nan", "inf", "0x10", "1,5"] {
+            assert!(
+                matches!(
+                    parse_millis("ms", Some(v)),
+                    Err(ParamError::NotANumber { .. })
+                ),
+                "{v}"
+            );
+        }
+        for v in ["-1", "-0.5", "-inf"] {
+            assert!(
+                matches!(
+                    parse_millis("ms", Some(v)),
+                    Err(ParamError::Negative { .. })
+                ),
+                "{v}"
+            );
+        }
+        for v in ["60000.1", "1e9", "99999999999999999999999"] {
+            assert!(
+                matches!(
+                    parse_millis("ms", Some(v)),
+                    Err(ParamError::TooLarge { .. })
+                ),
+                "{v}"
+            );
+        }
+        let reason = parse_millis("io_ms", Some("-3")).unwrap_err().to_string();
+        assert_eq!(reason, "`io_ms` must not be negative, got \"-3\"");
+        assert!(!reason.contains('\n'));
+    }
+}

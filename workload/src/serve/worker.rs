@@ -1,0 +1,275 @@
+//! One worker process: one tokio `current_thread` runtime, which *is* the emulated event loop
+//! (Node's libuv loop, or uvicorn's asyncio loop), serving the routes on connections that either
+//! arrive from the supervisor (round-robin) or are accepted from the inherited listener
+//! (shared-socket).
+//!
+//! The control channel to the supervisor is served by a separate plain thread, so that answering
+//! a metrics gather never waits for a loop blocked by CPU work: observing must not perturb.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::serve::{Listener, ListenerExt};
+use prometheus::Histogram;
+use tokio::sync::{oneshot, Notify};
+
+use crate::serve::config::{Balancing, Config, Mode};
+use crate::serve::control::{read_message, Message};
+use crate::serve::fdpass::PassedConnections;
+use crate::serve::gil::Gil;
+use crate::serve::metrics::WorkerMetrics;
+use crate::serve::pool::BoundedPool;
+use crate::serve::routes::{router, AppState};
+
+/// Internal env var set by the supervisor: this process is worker number N.
+pub const WORKER_INDEX_ENV: &str = "LOOPSCALE_WORKER_INDEX";
+/// The fd where a worker finds its end of the control channel.
+pub const CONTROL_FD: RawFd = 3;
+/// The fd where a worker finds the shared listener or its end of the connection channel.
+pub const CONNECTIONS_FD: RawFd = 4;
+/// Resolution of the event-loop lag probe (Node's `monitorEventLoopDelay` default).
+const LAG_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// How long `/metrics` waits for the supervisor's merged scrape.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The worker's view of its pod: readiness as the supervisor last said, and the way to ask the
+/// supervisor for the pod-wide scrape.
+pub struct PodLink {
+    pod_ready: AtomicBool,
+    shutting_down: AtomicBool,
+    writer: Mutex<UnixStream>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<String>>>,
+    next_id: AtomicU64,
+    supervisor_gone: Notify,
+}
+
+impl PodLink {
+    /// Whether `/readyz` says ready: every worker of the pod is up and this one is not draining.
+    pub fn is_ready(&self) -> bool {
+        self.pod_ready.load(Ordering::SeqCst) && !self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// The pod's merged metrics, or `None` if the supervisor does not answer in time.
+    pub async fn scrape(&self) -> Option<String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().ok()?.insert(id, tx);
+        if self.send(&Message::Scrape { id }).is_err() {
+            self.pending.lock().ok()?.remove(&id);
+            return None;
+        }
+        match tokio::time::timeout(SCRAPE_TIMEOUT, rx).await {
+            Ok(Ok(text)) => Some(text),
+            _ => {
+                self.pending.lock().ok()?.remove(&id);
+                None
+            }
+        }
+    }
+
+    fn send(&self, m: &Message) -> std::io::Result<()> {
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| std::io::Error::other("control writer poisoned"))?;
+        w.write_all(&m.encode())
+    }
+}
+
+/// Serves the control channel: metrics gathers, scrape replies and readiness from the supervisor.
+fn control_thread(mut reader: UnixStream, pod: Arc<PodLink>, metrics: Arc<WorkerMetrics>) {
+    loop {
+        match read_message(&mut reader) {
+            Ok(Some(Message::Gather { id })) => {
+                let text = metrics.exposition();
+                if pod.send(&Message::Exposition { id, text }).is_err() {
+                    break;
+                }
+            }
+            Ok(Some(Message::ScrapeReply { id, text })) => {
+                if let Some(tx) = pod.pending.lock().ok().and_then(|mut p| p.remove(&id)) {
+                    let _ = tx.send(text);
+                }
+            }
+            Ok(Some(Message::PodReady(ready))) => pod.pod_ready.store(ready, Ordering::SeqCst),
+            Ok(Some(other)) => tracing::warn!("unexpected control message {other:?}"),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("control channel failed: {e}");
+                break;
+            }
+        }
+    }
+    pod.pod_ready.store(false, Ordering::SeqCst);
+    pod.supervisor_gone.notify_one();
+}
+
+/// Measures how late a timer fires on the loop: the loop's responsiveness.
+async fn probe_lag(lag: Histogram) {
+    loop {
+        let start = Instant::now();
+        tokio::time::sleep(LAG_PROBE_INTERVAL).await;
+        lag.observe(
+            start
+                .elapsed()
+                .saturating_sub(LAG_PROBE_INTERVAL)
+                .as_secs_f64(),
+        );
+    }
+}
+
+/// Resolves on SIGTERM, SIGINT, or the supervisor's end of the control channel closing.
+async fn shutdown_requested(pod: Arc<PodLink>, worker: usize) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!(worker, "cannot install signal handlers");
+        return;
+    };
+    let why = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = pod.supervisor_gone.notified() => "supervisor gone",
+    };
+    pod.shutting_down.store(true, Ordering::SeqCst);
+    tracing::info!(worker, "{why}: draining in-flight requests");
+}
+
+/// Takes ownership of an fd the supervisor placed at a fixed number, checking it is open.
+fn inherited_fd(fd: RawFd) -> Result<OwnedFd, String> {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!(
+            "fd {fd} is not open: {WORKER_INDEX_ENV} is internal, workers are started by the supervisor"
+        ));
+    }
+    // SAFETY: the fd is open and nothing else in this process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Entry point of a worker process.
+pub fn run(config: Config, worker: usize) -> ExitCode {
+    let (control, connections) = match (inherited_fd(CONTROL_FD), inherited_fd(CONNECTIONS_FD)) {
+        (Ok(c), Ok(k)) => (c, k),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("loopscale-workload serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let control = UnixStream::from(control);
+    let metrics = Arc::new(WorkerMetrics::new(worker, config.mode));
+    let gil = if config.mode == Mode::ThreadPool && config.gil {
+        let m = metrics.clone();
+        Gil::enabled(config.gil_switch_interval).with_wait_observer(Box::new(
+            move |thread, waited| m.observe_gil_wait(thread, waited),
+        ))
+    } else {
+        Gil::disabled()
+    };
+    let pool_size = match config.mode {
+        Mode::ThreadPool => config.threadpool_size,
+        Mode::EventLoop => config.libuv_threadpool_size,
+    };
+    let pool = BoundedPool::new(
+        pool_size,
+        metrics.pool_busy.clone(),
+        metrics.pool_queue.clone(),
+    );
+    let pod = match control.try_clone() {
+        Ok(writer) => Arc::new(PodLink {
+            pod_ready: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            writer: Mutex::new(writer),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            supervisor_gone: Notify::new(),
+        }),
+        Err(e) => {
+            eprintln!("loopscale-workload serve: worker {worker}: control channel: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    {
+        let (pod, metrics) = (pod.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control_thread(control, pod, metrics))
+            .expect("spawn the control thread");
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(pool_size + 1)
+        .build();
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loopscale-workload serve: worker {worker}: runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        worker,
+        metrics: metrics.clone(),
+        gil: Arc::new(gil),
+        pool,
+        pod: pod.clone(),
+    });
+    let result = runtime.block_on(async move {
+        tokio::spawn(probe_lag(metrics.eventloop_lag.clone()));
+        let app = router(state);
+        let shutdown = shutdown_requested(pod.clone(), worker);
+        match config.balancing {
+            Balancing::SharedSocket => {
+                let std = std::net::TcpListener::from(connections);
+                std.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(std)?;
+                serve(listener, app, shutdown, &pod, worker).await
+            }
+            Balancing::RoundRobin => {
+                let listener = PassedConnections::new(connections)?;
+                serve(listener, app, shutdown, &pod, worker).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!(worker, "drained; exiting");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loopscale-workload serve: worker {worker}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve<L>(
+    listener: L,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    pod: &PodLink,
+    worker: usize,
+) -> std::io::Result<()>
+where
+    L: Listener<Io = tokio::net::TcpStream>,
+    L::Addr: std::fmt::Debug,
+{
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    pod.send(&Message::WorkerReady)?;
+    tracing::debug!(worker, "serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
