@@ -383,6 +383,8 @@ class Settings:
     load_bin: Path
     prime: float = 3.0
     """Seconds of /hello load each server gets after it starts, before any measurement."""
+    nice: int | None = None
+    """Scheduler autogroup nice value for calibrate (and so its load generators) and each server."""
     verbose: bool = True
 
 
@@ -471,7 +473,9 @@ class ServerPool:
         extra = {}
         if impl in MODE_OF:
             extra["LOOPSCALE_REQUEST_OVERHEAD_US"] = str((overhead_us or {}).get(MODE_OF[impl], 0))
-        server = rs.start(impl, processes, self.settings.work_dir, self.settings.load_bin, extra)
+        server = rs.start(
+            impl, processes, self.settings.work_dir, self.settings.load_bin, extra, autogroup_nice=self.settings.nice
+        )
         self.servers[(impl, processes)] = server
         self.prime(server)
         return server
@@ -573,8 +577,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--nice",
         type=int,
-        help="run calibrate, its servers and load generators at this nice value (e.g. -5, as root, "
-        "so that other jobs on a shared machine disturb the measurement less)",
+        help="give calibrate (with its load generators) and each server its own scheduler autogroup "
+        "at this nice value (e.g. -10; negative needs root), so that other sessions' jobs on a shared "
+        "machine disturb the measurement less",
     )
     parser.add_argument("--work-dir", help="keep load reports and server logs here (default: a temporary folder)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -604,9 +609,13 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     check_installed()
     if args.nice is not None:
+        if not -20 <= args.nice <= 19:
+            raise SystemExit(f"--nice must be in -20..=19, got {args.nice}")
         try:
-            # Children (servers, load generators) inherit it.
-            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+            if os.getsid(0) != os.getpid():
+                os.setsid()
+            # The load generators stay in this session, so in this autogroup.
+            rs.set_autogroup_nice(os.getpid(), args.nice)
         except OSError as err:
             raise SystemExit(f"--nice {args.nice}: {err.strerror} (negative values need root)")
     load_bin = find_workload_bin(args.workload_bin)
@@ -614,7 +623,14 @@ def main(argv: list[str]) -> int:
         work_dir = Path(args.work_dir) if args.work_dir else Path(tmp)
         work_dir.mkdir(parents=True, exist_ok=True)
         settings = Settings(
-            args.warmup, args.duration, args.repetitions, work_dir, load_bin, prime=args.prime, verbose=not args.quiet
+            args.warmup,
+            args.duration,
+            args.repetitions,
+            work_dir,
+            load_bin,
+            prime=args.prime,
+            nice=args.nice,
+            verbose=not args.quiet,
         )
         return run_calibration(args, settings)
 
@@ -686,7 +702,7 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
             "duration_secs": settings.duration,
             "repetitions": settings.repetitions,
             "prime_secs": settings.prime,
-            "nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "autogroup_nice": settings.nice,
             "cpu_ms": CPU_MS,
             "io_ms": IO_MS,
             "io_concurrency": IO_CONCURRENCY,

@@ -104,6 +104,14 @@ class Server:
         self.stop()
 
 
+def set_autogroup_nice(pid: int, nice: int) -> None:
+    """Sets the nice value of the scheduler autogroup of `pid` (its session). With autogroups on,
+    the kernel splits CPU between sessions first, so a process's own nice value does not shield
+    it from other sessions' builds; the group's does. Raises OSError if not allowed."""
+    with open(f"/proc/{pid}/autogroup", "w") as f:
+        f.write(str(nice))
+
+
 def command_for(name: str, workload_bin: Path | None = None) -> tuple[list[str], dict]:
     """The command line and extra environment that start implementation `name`."""
     if name == "express":
@@ -125,9 +133,13 @@ def start(
     workload_bin: Path | None = None,
     extra_env: dict | None = None,
     ready_timeout: float = 60.0,
+    autogroup_nice: int | None = None,
 ) -> Server:
     """Starts implementation `name` with `processes` worker processes on a free loopback port and
-    waits until /readyz answers 200. Raises RuntimeError (with the log's tail) if it does not."""
+    waits until /readyz answers 200. Raises RuntimeError (with the log's tail) if it does not.
+
+    The server runs in its own session, so (with the kernel's autogroup scheduling) in its own
+    scheduler autogroup; `autogroup_nice` sets that group's nice value (negative needs root)."""
     argv, env_add = command_for(name, workload_bin)
     port = free_port()
     env = dict(os.environ)
@@ -148,6 +160,8 @@ def start(
         argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
     )
     log.close()
+    if autogroup_nice is not None:
+        set_autogroup_nice(proc.pid, autogroup_nice)
     server = Server(name, processes, port, proc, log_path, env={k: env[k] for k in env_add | (extra_env or {})})
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
