@@ -48,7 +48,7 @@ IO_CONCURRENCY = 256
 """In-flight requests of the /io scenario: enough that the framework's per-request cost, not the
 timer, limits throughput (the ideal is IO_CONCURRENCY / IO_MS requests per second)."""
 CPU_CONCURRENCY = 8
-HELLO_COST_CONCURRENCY = 32
+COST_CONCURRENCY = 32
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,17 @@ class Scenario:
     """Sample the server's CPU time over the measured window (CPU cost per request)."""
 
 
-COST_SCENARIO = Scenario("hello_cost", 1, "/hello", HELLO_COST_CONCURRENCY, measure_cpu=True)
+COST_SCENARIOS = (
+    Scenario("io_cost", 1, "/io?ms=1", COST_CONCURRENCY, measure_cpu=True),
+    Scenario("hello_cost", 1, "/hello", COST_CONCURRENCY, measure_cpu=True),
+)
+"""The per-request cost, measured on a route with a parameter and a timer (what experiments send:
+FastAPI validates the parameter, both schedule a timer) and, for reference, on /hello."""
+PROPOSAL_SCENARIO = "io_cost"
+"""The cost scenario the proposed LOOPSCALE_REQUEST_OVERHEAD_US is derived from."""
 
 SCENARIOS = (
-    COST_SCENARIO,
+    *COST_SCENARIOS,
     Scenario("hello_alone", 1, "/hello", 1),
     Scenario("hello_under_cpu", 1, "/hello", 1, f"/cpu?ms={CPU_MS}", 4),
     Scenario("cpu_p1", 1, f"/cpu?ms={CPU_MS}", CPU_CONCURRENCY),
@@ -79,7 +86,7 @@ SCENARIOS = (
 )
 
 SCENARIO_GROUPS = (
-    ("hello_cost",),
+    ("io_cost", "hello_cost"),
     ("hello_alone", "hello_under_cpu"),
     ("cpu_p1", "cpu_p2", "cpu_inline_p1"),
     ("io_high_concurrency",),
@@ -241,7 +248,8 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def render_table(comparisons: list[Comparison], costs: dict[str, dict], proposal: dict[str, int | None]) -> str:
-    """The side-by-side table the script prints and README.md shows (Markdown)."""
+    """The side-by-side table the script prints and README.md shows (Markdown). `costs` is
+    {implementation: {cost scenario name: cost_of(...)}}."""
     lines = [
         "| metric | Express | emulated event-loop | ratio | FastAPI | emulated thread-pool | ratio |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -259,17 +267,21 @@ def render_table(comparisons: list[Comparison], costs: dict[str, dict], proposal
         right = cell(by_key.get(("fastapi", metric)))
         lines.append(f"| {metric} | {' | '.join(left)} | {' | '.join(right)} |")
 
-    def cost_row(label: str, key: str) -> str:
+    def cost_row(label: str, scenario: str, key: str) -> str:
         cells = []
         for real, emulated in PAIRS:
-            r = costs.get(real, {}).get(key)
-            e = costs.get(emulated, {}).get(key)
+            r = costs.get(real, {}).get(scenario, {}).get(key)
+            e = costs.get(emulated, {}).get(scenario, {}).get(key)
             cells += [_fmt(r, 1), _fmt(e, 1), _fmt(safe_ratio(e, r))]
         return f"| {label} | {' | '.join(cells)} |"
 
-    lines.append(cost_row("CPU us per /hello on the event-loop thread", "loop_cpu_us_per_request"))
-    lines.append(cost_row("CPU us per /hello, all threads and processes", "cpu_us_per_request"))
-    lines.append(cost_row(f"/hello req/s, 1 process, {HELLO_COST_CONCURRENCY} in flight", "throughput_rps"))
+    for scenario in COST_SCENARIOS:
+        path = scenario.path
+        lines.append(cost_row(f"CPU us per {path} on the event-loop thread", scenario.name, "loop_cpu_us_per_request"))
+        lines.append(cost_row(f"CPU us per {path}, all threads and processes", scenario.name, "cpu_us_per_request"))
+        lines.append(
+            cost_row(f"{path} req/s, 1 process, {scenario.concurrency} in flight", scenario.name, "throughput_rps")
+        )
     lines.append("")
     lines.append(
         "Proposed LOOPSCALE_REQUEST_OVERHEAD_US: "
@@ -535,6 +547,22 @@ def measure(
     return results
 
 
+def costs_of(summary: dict[str, dict[str, Measurement]]) -> dict[str, dict[str, dict]]:
+    """{implementation: {cost scenario: {loop_cpu_us_per_request, cpu_us_per_request,
+    throughput_rps}}} from summarised measurements (None where a figure is missing)."""
+    out: dict[str, dict[str, dict]] = {}
+    for impl, by in summary.items():
+        out[impl] = {}
+        for scenario in COST_SCENARIOS:
+            m = by.get(scenario.name)
+            out[impl][scenario.name] = {
+                "loop_cpu_us_per_request": m.loop_cpu_us_per_request if m else None,
+                "cpu_us_per_request": m.cpu_us_per_request if m else None,
+                "throughput_rps": m.throughput_rps if m else None,
+            }
+    return out
+
+
 def summarise(results: dict[str, dict[str, list[Measurement]]]) -> dict[str, dict[str, Measurement]]:
     return {impl: {name: median_measurement(runs) for name, runs in by.items()} for impl, by in results.items()}
 
@@ -649,27 +677,19 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
                 pool.start(impl, processes)
 
         # 1. The cost of one request: the real runtimes, and the emulation with no overhead.
-        log(settings, "step 1: CPU cost per /hello request (emulation with LOOPSCALE_REQUEST_OVERHEAD_US=0)")
+        log(settings, "step 1: CPU cost per request (emulation with LOOPSCALE_REQUEST_OVERHEAD_US=0)")
         for emulated in emulations:
             pool.start(emulated, 1, {m: 0 for m in given})
-        baseline = summarise(measure(settings, pool, list(rs.IMPLEMENTATIONS), (COST_SCENARIO,)))
+        baseline = summarise(measure(settings, pool, list(rs.IMPLEMENTATIONS), COST_SCENARIOS))
         for emulated in emulations:
             pool.stop(emulated, 1)
-
-        def cost(impl: str) -> dict:
-            m = baseline[impl].get(COST_SCENARIO.name)
-            return {
-                "loop_cpu_us_per_request": m.loop_cpu_us_per_request if m else None,
-                "cpu_us_per_request": m.cpu_us_per_request if m else None,
-                "throughput_rps": m.throughput_rps if m else None,
-            }
-
-        baseline_costs = {impl: cost(impl) for impl in rs.IMPLEMENTATIONS}
+        baseline_costs = costs_of(baseline)
         proposal: dict[str, int | None] = {}
         for real, emulated in PAIRS:
             mode = MODE_OF[emulated]
             proposal[mode] = propose_overhead_us(
-                baseline_costs[real]["loop_cpu_us_per_request"], baseline_costs[emulated]["loop_cpu_us_per_request"]
+                baseline_costs[real][PROPOSAL_SCENARIO]["loop_cpu_us_per_request"],
+                baseline_costs[emulated][PROPOSAL_SCENARIO]["loop_cpu_us_per_request"],
             )
         used = {mode: given[mode] if given[mode] is not None else (proposal[mode] or 0) for mode in given}
         log(settings, f"proposed overhead (us): {proposal}; using {used}")
@@ -681,14 +701,7 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
                 pool.start(emulated, processes, used)
         final = summarise(measure(settings, pool, list(rs.IMPLEMENTATIONS), SCENARIOS))
     metrics = {impl: shape_metrics(final[impl]) for impl in rs.IMPLEMENTATIONS}
-    costs = {
-        impl: {
-            "loop_cpu_us_per_request": final[impl][COST_SCENARIO.name].loop_cpu_us_per_request,
-            "cpu_us_per_request": final[impl][COST_SCENARIO.name].cpu_us_per_request,
-            "throughput_rps": final[impl][COST_SCENARIO.name].throughput_rps,
-        }
-        for impl in rs.IMPLEMENTATIONS
-    }
+    costs = costs_of(final)
     comparisons = compare(metrics)
     table = render_table(comparisons, costs, used)
 
@@ -718,6 +731,7 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
             "workload_bin": str(settings.load_bin),
         },
         "shape_metric_definitions": SHAPE_METRICS,
+        "proposal_scenario": PROPOSAL_SCENARIO,
         "baseline_costs": baseline_costs,
         "proposed_overhead_us": proposal,
         "used_overhead_us": used,

@@ -62,9 +62,14 @@ def main(argv: list[str]) -> int:
             check(f"proposes an overhead for {mode}", isinstance(value, int) and value >= 0, f"got {value!r}")
         costs = result.get("baseline_costs", {})
         for impl in rs.IMPLEMENTATIONS:
-            for key in ("loop_cpu_us_per_request", "cpu_us_per_request"):
-                value = costs.get(impl, {}).get(key)
-                check(f"{impl} {key} measured", isinstance(value, (int, float)) and value > 0, f"got {value!r}")
+            for scenario in cal.COST_SCENARIOS:
+                for key in ("loop_cpu_us_per_request", "cpu_us_per_request"):
+                    value = costs.get(impl, {}).get(scenario.name, {}).get(key)
+                    check(
+                        f"{impl} {scenario.name} {key} measured",
+                        isinstance(value, (int, float)) and value > 0,
+                        f"got {value!r}",
+                    )
         measurements = result.get("measurements", {})
         for impl in rs.IMPLEMENTATIONS:
             runs = measurements.get(impl, {})

@@ -80,7 +80,9 @@ class Compare(unittest.TestCase):
         self.assertIsNone(missing.within_target)
 
     def test_table_has_a_row_per_metric_and_the_proposal(self) -> None:
-        table = cal.render_table(cal.compare(self.metrics(2.0, 1.0)), {}, {"event-loop": 60, "thread-pool": None})
+        costs = {"express": {"io_cost": {"loop_cpu_us_per_request": 300.0}}, "emulated-event-loop": {"io_cost": {"loop_cpu_us_per_request": 150.0}}}
+        table = cal.render_table(cal.compare(self.metrics(2.0, 1.0)), costs, {"event-loop": 60, "thread-pool": None})
+        self.assertIn("| CPU us per /io?ms=1 on the event-loop thread | 300 | 150 | 0.50 |", table)
         for metric in cal.SHAPE_METRICS:
             self.assertIn(f"| {metric} |", table)
         self.assertIn("0.50 OFF", table)
@@ -94,6 +96,16 @@ class Groups(unittest.TestCase):
         group_of = {name: i for i, group in enumerate(cal.SCENARIO_GROUPS) for name in group}
         for a, b in (("cpu_p1", "cpu_p2"), ("hello_alone", "hello_under_cpu"), ("cpu_p1", "cpu_inline_p1")):
             self.assertEqual(group_of[a], group_of[b], (a, b))
+
+
+class Costs(unittest.TestCase):
+    def test_costs_of_every_cost_scenario(self) -> None:
+        summary = {"express": {"io_cost": measurement("io_cost", 3000.0, cpu=0.9, ok=3000)}}
+        costs = cal.costs_of(summary)
+        self.assertAlmostEqual(costs["express"]["io_cost"]["cpu_us_per_request"], 300.0)
+        self.assertAlmostEqual(costs["express"]["io_cost"]["loop_cpu_us_per_request"], 150.0)
+        self.assertIsNone(costs["express"]["hello_cost"]["cpu_us_per_request"])
+        self.assertIn(cal.PROPOSAL_SCENARIO, {s.name for s in cal.COST_SCENARIOS})
 
 
 class Medians(unittest.TestCase):

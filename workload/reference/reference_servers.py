@@ -41,12 +41,12 @@ class Response:
     seconds: float
 
 
-def get(port: int, path: str, timeout: float = 30.0) -> Response:
-    """One GET on a fresh connection to 127.0.0.1:port."""
+def get(port: int, path: str, timeout: float = 30.0, method: str = "GET") -> Response:
+    """One request (GET unless told) on a fresh connection to 127.0.0.1:port."""
     start = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request(method, path)
         resp = conn.getresponse()
         body = resp.read().decode("utf-8", "replace")
         return Response(resp.status, body, time.monotonic() - start)

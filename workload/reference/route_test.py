@@ -29,7 +29,8 @@ PARAM_ROUTES = {
     "/offload": ["ms"],
     "/mixed": ["io_ms", "cpu_ms"],
 }
-BAD_VALUES = ["abc", "-1", "60001", "1.5", "", "99999999999999999999999", "0x10"]
+BAD_VALUES = ["abc", "-1", "60001", "60000.5", "", "99999999999999999999999", "0x10", "inf", "NaN", "1_000", "1%2C5"]
+"""Each one gets 400, as in the emulation (decimal milliseconds, 0..=60000)."""
 
 
 class Results:
@@ -88,6 +89,9 @@ def check_routes(res: Results, server: rs.Server) -> None:
     expect_json("/hello", {"message": "hello"})
     expect_json("/io?ms=30", {"route": "io", "io_ms": 30}, min_seconds=0.029)
     expect_json("/io?ms=0", {"route": "io", "io_ms": 0})
+    expect_json("/io?ms=1.5", {"route": "io", "io_ms": 1.5})  # decimal milliseconds, as the emulation
+    expect_json("/io?ms=%202", {"route": "io", "io_ms": 2})  # surrounding whitespace is trimmed
+    expect_json("/io?ms=1e1", {"route": "io", "io_ms": 10}, min_seconds=0.009)
     # CPU time never exceeds wall time on one thread, so a 20 ms burn takes at least 20 ms.
     expect_json("/cpu?ms=20", {"route": "cpu", "cpu_ms": 20}, min_seconds=0.019)
     expect_json("/cpu?ms=0", {"route": "cpu", "cpu_ms": 0})
@@ -106,6 +110,15 @@ def check_routes(res: Results, server: rs.Server) -> None:
             for value in BAD_VALUES:
                 expect_text(f"{prefix}{param}={value}", 400)
     expect_text("/mixed?io_ms=30000&cpu_ms=30001", 400)  # the sum is limited too
+    if server.name == "express":
+        expect_text("/io?ms=1&ms=2", 400)  # a repeated parameter, as the emulation
+    else:
+        expect_json("/io?ms=1&ms=2", {"route": "io", "io_ms": 2})  # FastAPI takes the last one
+    try:
+        resp = rs.get(port, "/hello", method="POST")
+        res.check(f"{tag} POST /hello -> 405", resp.status == 405, f"status {resp.status}, body {resp.body!r}")
+    except OSError as err:
+        res.check(f"{tag} POST /hello -> 405", False, f"request failed: {err}")
     expect_text("/nope", 404)
     expect_text("/hello/extra", 404)
     expect_text("/", 404)

@@ -22,7 +22,7 @@ const crypto = require('node:crypto');
 const { setTimeout: sleep } = require('node:timers/promises');
 
 /** The emulation's limit: at most 60 s of work per request (each parameter and, for /mixed,
- *  their sum); integers only. */
+ *  their sum), in decimal milliseconds. */
 const MAX_MS = 60000;
 
 function intFromEnv(names, fallback, min) {
@@ -69,14 +69,21 @@ function measurePbkdf2IterationsPerMs() {
 
 class BadRequest extends Error {}
 
-/** Parses a required integer parameter in 0..=MAX_MS, or throws BadRequest with the reason. */
+/** A decimal number as the emulation reads one (Rust's f64 syntax, surrounding whitespace
+ *  trimmed): digits with an optional fraction and exponent; no hex, no Infinity/NaN. */
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+
+/** Parses a required duration parameter (decimal milliseconds in 0..=MAX_MS) as the emulation
+ *  does, or throws BadRequest with the reason. */
 function msParam(query, name) {
   const raw = query[name];
-  if (raw === undefined) throw new BadRequest(`missing query parameter ${name} (integer milliseconds, 0..=${MAX_MS})`);
+  if (raw === undefined) throw new BadRequest(`missing query parameter ${name} (milliseconds, 0..=${MAX_MS})`);
   if (typeof raw !== 'string') throw new BadRequest(`query parameter ${name} given more than once`);
-  if (!/^\d+$/.test(raw)) throw new BadRequest(`query parameter ${name} must be an integer in 0..=${MAX_MS}, got ${JSON.stringify(raw)}`);
-  const value = Number(raw);
-  if (value > MAX_MS) throw new BadRequest(`query parameter ${name} must be at most ${MAX_MS}, got ${raw}`);
+  const text = raw.trim();
+  const value = DECIMAL.test(text) ? Number(text) : NaN;
+  if (!Number.isFinite(value)) throw new BadRequest(`${name} must be a number of milliseconds, got ${JSON.stringify(raw)}`);
+  if (value < 0) throw new BadRequest(`${name} must not be negative, got ${JSON.stringify(raw)}`);
+  if (value > MAX_MS) throw new BadRequest(`${name} must be at most ${MAX_MS}, got ${JSON.stringify(raw)}`);
   return value;
 }
 
@@ -133,6 +140,10 @@ function startWorker() {
   app.get('/readyz', (req, res) => {
     if (ready) res.type('text/plain').send('ready\n');
     else res.status(503).type('text/plain').send('not ready: waiting for every worker to listen\n');
+  });
+  // Another method on a known path: 405, as the emulation (axum) and FastAPI answer.
+  app.all(['/hello', '/io', '/cpu', '/cpu-inline', '/mixed', '/offload', '/healthz', '/readyz'], (req, res) => {
+    res.status(405).set('allow', 'GET, HEAD').type('text/plain').send(`method ${req.method} not allowed on ${req.path}\n`);
   });
   app.use((req, res) => {
     res.status(404).type('text/plain').send(`no route ${req.method} ${req.path}\n`);

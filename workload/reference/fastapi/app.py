@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -38,18 +39,24 @@ sum)."""
 
 
 
-def _digits_only(value: object) -> object:
-    """Accepts only plain decimal digits, as the emulation and the Express reference do
-    (pydantic alone would also take "1.0" or " 1")."""
-    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-        raise ValueError(f"must be an integer in 0..={MAX_MS}")
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _decimal_only(value: object) -> object:
+    """Reads a duration as the emulation does (Rust's f64 syntax, surrounding whitespace
+    trimmed); float() alone would also take "inf", "nan" or "1_000"."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isascii() or not _DECIMAL.fullmatch(text):
+            raise ValueError("must be a number of milliseconds")
+        return text
     return value
 
 
-Millis = Annotated[int, BeforeValidator(_digits_only), Query(ge=0, le=MAX_MS)]
+Millis = Annotated[float, BeforeValidator(_decimal_only), Query(ge=0, le=MAX_MS)]
 
 
-def burn_cpu(ms: int) -> int:
+def burn_cpu(ms: float) -> int:
     """Busy-loops until this thread's CPU time advanced by `ms` milliseconds.
 
     `time.thread_time()` counts only while this thread runs, exactly how the emulation counts
@@ -98,8 +105,8 @@ def _one_line(error: dict) -> str:
     given = error.get("input")
     message = error.get("msg", "invalid value")
     if given is None:
-        return f"query parameter {location}: {message} (integer milliseconds, 0..={MAX_MS})"
-    return f"query parameter {location}: {message}, got {given!r}"
+        return f"missing query parameter {location} (milliseconds, 0..={MAX_MS})"
+    return f"{location}: {message}, got {given!r}"
 
 
 @app.exception_handler(RequestValidationError)
