@@ -547,6 +547,38 @@ def measure(
     return results
 
 
+GIL_SWEEP_BACKGROUND = (1, 2, 4, 8)
+"""Concurrent /cpu?ms=10 requests of the --gil-sweep."""
+
+
+def gil_sweep(settings: Settings, pool: ServerPool) -> dict[str, dict[str, dict]]:
+    """p50/p99 of /hello (1 in flight) while 1, 2, 4, 8 `/cpu?ms=10` requests run, on real FastAPI
+    and the emulated thread-pool mode (1 process): how the GIL convoy grows with the number of
+    pool threads that want the GIL."""
+    out: dict[str, dict[str, dict]] = {}
+    for background in GIL_SWEEP_BACKGROUND:
+        scenario = Scenario(f"gil_sweep_{background}", 1, "/hello", 1, f"/cpu?ms={CPU_MS}", background)
+        for impl in ("fastapi", "emulated-thread-pool"):
+            runs = [run_scenario(settings, pool.servers[(impl, 1)], scenario, rep) for rep in range(settings.repetitions)]
+            m = median_measurement(runs)
+            out.setdefault(impl, {})[str(background)] = {"p50_ms": m.p50_ms, "p99_ms": m.p99_ms}
+            log(settings, f"  {impl:<22} /hello with {background} x /cpu: p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms")
+    return out
+
+
+def render_gil_sweep(sweep: dict[str, dict[str, dict]]) -> str:
+    """The --gil-sweep table (Markdown): p50 / p99 of /hello in ms per number of /cpu requests."""
+    header = "| concurrent `/cpu?ms=10` | " + " | ".join(str(b) for b in GIL_SWEEP_BACKGROUND) + " |"
+    lines = [header, "|---|" + "---|" * len(GIL_SWEEP_BACKGROUND)]
+    for impl, label in (("fastapi", "real FastAPI"), ("emulated-thread-pool", "emulated thread-pool")):
+        cells = []
+        for b in GIL_SWEEP_BACKGROUND:
+            v = sweep.get(impl, {}).get(str(b))
+            cells.append(f"{_fmt(v['p50_ms'])} / {_fmt(v['p99_ms'])}" if v else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def costs_of(summary: dict[str, dict[str, Measurement]]) -> dict[str, dict[str, dict]]:
     """{implementation: {cost scenario: {loop_cpu_us_per_request, cpu_us_per_request,
     throughput_rps}}} from summarised measurements (None where a figure is missing)."""
@@ -598,6 +630,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="warm-up seconds per run (default 1, quick 0.5)")
     parser.add_argument("--repetitions", type=int, help="runs per scenario, median taken (default 3, quick 1)")
     parser.add_argument("--prime", type=float, help="seconds of /hello load on each new server before measuring (default 5, quick 2)")
+    parser.add_argument(
+        "--gil-sweep",
+        action="store_true",
+        help="also measure /hello while 1, 2, 4, 8 /cpu requests run on FastAPI and the emulated thread-pool mode",
+    )
     parser.add_argument("--json", default="calibration.json", help="where to write the results (default calibration.json)")
     parser.add_argument("--workload-bin", help="the loopscale-workload binary (default: $LOOPSCALE_WORKLOAD_BIN, else target/release, built if missing)")
     parser.add_argument("--overhead-event-loop-us", type=int, help="use this overhead for event-loop mode instead of proposing one")
@@ -700,6 +737,10 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
             for processes in (1, 2):
                 pool.start(emulated, processes, used)
         final = summarise(measure(settings, pool, list(rs.IMPLEMENTATIONS), SCENARIOS))
+        sweep = None
+        if args.gil_sweep:
+            log(settings, "GIL sweep: /hello while 1, 2, 4, 8 /cpu requests run (thread-pool)")
+            sweep = gil_sweep(settings, pool)
     metrics = {impl: shape_metrics(final[impl]) for impl in rs.IMPLEMENTATIONS}
     costs = costs_of(final)
     comparisons = compare(metrics)
@@ -740,9 +781,13 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
         "comparisons": [asdict(c) for c in comparisons],
         "measurements": {impl: {name: asdict(m) for name, m in by.items()} for impl, by in final.items()},
         "table": table,
+        "gil_sweep": sweep,
     }
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(table)
+    if sweep is not None:
+        print("\np50 / p99 of /hello (ms) while N /cpu?ms=10 requests run, 1 process:\n")
+        print(render_gil_sweep(sweep))
     print(f"\nwrote {args.json}")
     return 0
 

@@ -98,6 +98,14 @@ class Groups(unittest.TestCase):
             self.assertEqual(group_of[a], group_of[b], (a, b))
 
 
+class GilSweepTable(unittest.TestCase):
+    def test_cells_and_missing(self) -> None:
+        sweep = {"fastapi": {"1": {"p50_ms": 0.46, "p99_ms": 10.4}}}
+        table = cal.render_gil_sweep(sweep)
+        self.assertIn("| real FastAPI | 0.46 / 10.40 | - | - | - |", table)
+        self.assertIn("| emulated thread-pool | - | - | - | - |", table)
+
+
 class Costs(unittest.TestCase):
     def test_costs_of_every_cost_scenario(self) -> None:
         summary = {"express": {"io_cost": measurement("io_cost", 3000.0, cpu=0.9, ok=3000)}}
