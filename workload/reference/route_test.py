@@ -205,6 +205,62 @@ def check_drain(res: Results, server: rs.Server) -> None:
     )
 
 
+def two_at_once(port: int, path: str) -> list[float]:
+    """Latencies (sorted) of two `path` requests sent at the same time."""
+    out: list[float] = []
+
+    def one() -> None:
+        try:
+            resp = rs.get(port, path, timeout=60)
+            out.append(resp.seconds if resp.status == 200 else float("nan"))
+        except OSError:
+            out.append(float("nan"))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    return sorted(out)
+
+
+def check_knobs(res: Results, name: str, tmp: Path) -> None:
+    """The emulation's settings the real runtime has are honoured; the ones it cannot honour stop
+    it with exit code 2 and a message, rather than run something else than asked."""
+    refused = {
+        "express": [{"LOOPSCALE_BALANCING": "random"}, {"LOOPSCALE_LIBUV_THREADPOOL_SIZE": "2000"}, {"PORT": "70000"}],
+        "fastapi": [
+            {"LOOPSCALE_GIL": "false"},
+            {"LOOPSCALE_BALANCING": "round-robin"},
+            {"LOOPSCALE_THREADPOOL_SIZE": "0"},
+            {"LOOPSCALE_GIL_SWITCH_INTERVAL_MS": "abc"},
+        ],
+    }[name]
+    for env in refused:
+        try:
+            server = rs.start(name, 1, tmp, extra_env=env, ready_timeout=30)
+            server.stop()
+            res.check(f"{name} refuses {env}", False, "it started")
+        except RuntimeError as err:
+            res.check(f"{name} refuses {env} (exit 2)", "exited with 2" in str(err), str(err)[:300])
+    # One pool thread: two pool jobs at once run one after the other.
+    env = {"express": {"LOOPSCALE_LIBUV_THREADPOOL_SIZE": "1"}, "fastapi": {"LOOPSCALE_THREADPOOL_SIZE": "1"}}[name]
+    try:
+        server = rs.start(name, 1, tmp, extra_env=env)
+    except RuntimeError as err:
+        res.check(f"{name} starts with {env}", False, str(err))
+        return
+    try:
+        first, second = two_at_once(server.port, "/offload?ms=300")
+        res.check(
+            f"{name} with {env}: two /offload at once run one after the other",
+            second >= 1.6 * first,
+            f"latencies {first * 1000:.0f} ms and {second * 1000:.0f} ms",
+        )
+    finally:
+        server.stop()
+
+
 def main(argv: list[str]) -> int:
     names = argv or ["express", "fastapi"]
     res = Results()
@@ -224,6 +280,7 @@ def main(argv: list[str]) -> int:
                     check_drain(res, server)
                 finally:
                     server.stop()
+            check_knobs(res, name, Path(tmp))
     print(f"route tests: {res.passed} PASS, {res.failed} FAIL")
     return 1 if res.failed else 0
 

@@ -14,8 +14,10 @@
 // Bad parameters get 400 with a one-line reason; unknown paths 404.
 //
 // Processes: Node's `cluster` module, LOOPSCALE_PROCESSES (or PROCESSES) workers, default 1.
-// Its default scheduling on Linux is round-robin: the primary accepts and hands connections to
-// workers (NODE_CLUSTER_SCHED_POLICY=none switches to a shared socket).
+// LOOPSCALE_BALANCING=round-robin (default, cluster's Linux default: the primary accepts and hands
+// connections to workers) or shared-socket (cluster.SCHED_NONE: workers accept from one socket).
+// LOOPSCALE_LIBUV_THREADPOOL_SIZE sets the workers' UV_THREADPOOL_SIZE (libuv's default: 4).
+// The emulation's other knobs (thread pool, GIL, request overhead) do not apply to real Node.
 
 const cluster = require('node:cluster');
 const crypto = require('node:crypto');
@@ -174,6 +176,22 @@ function startPrimary() {
     console.error(`PORT must be at most 65535, got ${process.env.PORT}`);
     process.exit(2);
   }
+  const balancing = process.env.LOOPSCALE_BALANCING || 'round-robin';
+  if (balancing !== 'round-robin' && balancing !== 'shared-socket') {
+    console.error(`LOOPSCALE_BALANCING=${JSON.stringify(balancing)} is not allowed; allowed values: round-robin, shared-socket`);
+    process.exit(2);
+  }
+  // Must be set before the first fork.
+  cluster.schedulingPolicy = balancing === 'round-robin' ? cluster.SCHED_RR : cluster.SCHED_NONE;
+  const workerEnv = {};
+  const libuvThreads = intFromEnv(['LOOPSCALE_LIBUV_THREADPOOL_SIZE'], null, 1);
+  if (libuvThreads !== null) {
+    if (libuvThreads > 1024) {
+      console.error(`LOOPSCALE_LIBUV_THREADPOOL_SIZE must be at most 1024 (libuv's limit), got ${libuvThreads}`);
+      process.exit(2);
+    }
+    workerEnv.UV_THREADPOOL_SIZE = String(libuvThreads);
+  }
   let stopping = false;
   const listening = new Set();
 
@@ -201,7 +219,7 @@ function startPrimary() {
       process.exit(1);
     }
     console.error(`worker ${worker.process.pid} exited (${signal || code}); starting a new one`);
-    cluster.fork();
+    cluster.fork(workerEnv);
   });
   const stop = () => {
     if (stopping) return;
@@ -210,7 +228,7 @@ function startPrimary() {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
-  for (let i = 0; i < processes; i++) cluster.fork();
+  for (let i = 0; i < processes; i++) cluster.fork(workerEnv);
 }
 
 if (cluster.isPrimary) startPrimary();

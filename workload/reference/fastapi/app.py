@@ -15,17 +15,25 @@ Routes mean the same as the emulation's (see ../README.md):
   /healthz, /readyz         200 while the worker runs / once its lifespan start-up has finished
 
 Bad parameters get 400 with a one-line reason (FastAPI's default is 422); unknown paths 404.
+
+The routes have no return annotation (like the article's code): FastAPI validates the response of
+a `def` route that has one (or a response_model) in the thread pool too, a second trip through
+anyio's limiter that waits behind every queued `def` request. Without it each `def` request is one
+pool job, as in the emulation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
+import sys
 import time
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
@@ -89,8 +97,21 @@ def _measure_pbkdf2_iterations_per_ms() -> float:
 _state = {"ready": False, "pbkdf2_iterations_per_ms": 1.0}
 
 
+def _apply_thread_pool_knobs() -> None:
+    """The emulation's thread-pool knobs that real CPython has (server.py validated them):
+    anyio's default limiter (FastAPI's `def` routes and run_in_threadpool) and the GIL's switch
+    interval."""
+    tokens = os.environ.get("LOOPSCALE_THREADPOOL_SIZE", "")
+    if tokens:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = int(tokens)
+    interval_ms = os.environ.get("LOOPSCALE_GIL_SWITCH_INTERVAL_MS", "")
+    if interval_ms:
+        sys.setswitchinterval(float(interval_ms) / 1000.0)
+
+
 @asynccontextmanager
 async def lifespan(_app: FastAPI):
+    _apply_thread_pool_knobs()
     _state["pbkdf2_iterations_per_ms"] = _measure_pbkdf2_iterations_per_ms()
     _state["ready"] = True
     yield
@@ -126,31 +147,31 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> PlainText
 
 
 @app.get("/hello")
-async def hello() -> dict:
+async def hello():
     return {"message": "hello"}
 
 
 @app.get("/io")
-async def io(ms: Millis) -> dict:
+async def io(ms: Millis):
     await asyncio.sleep(ms / 1000.0)
     return {"route": "io", "io_ms": ms}
 
 
 @app.get("/cpu")
-def cpu(ms: Millis) -> dict:
+def cpu(ms: Millis):
     burn_cpu(ms)
     return {"route": "cpu", "cpu_ms": ms}
 
 
 @app.get("/cpu-inline")
-async def cpu_inline(ms: Millis) -> dict:
+async def cpu_inline(ms: Millis):
     # The article's mistake on purpose: a sync call inside `async def` runs on the event loop.
     burn_cpu(ms)
     return {"route": "cpu-inline", "cpu_ms": ms}
 
 
 @app.get("/mixed")
-async def mixed(io_ms: Millis, cpu_ms: Millis) -> dict:
+async def mixed(io_ms: Millis, cpu_ms: Millis):
     if io_ms + cpu_ms > MAX_MS:
         raise HTTPException(status_code=400, detail=f"io_ms + cpu_ms must be at most {MAX_MS}, got {io_ms + cpu_ms}")
     await asyncio.sleep(io_ms / 1000.0)
@@ -159,7 +180,7 @@ async def mixed(io_ms: Millis, cpu_ms: Millis) -> dict:
 
 
 @app.get("/offload")
-def offload(ms: Millis) -> dict:
+def offload(ms: Millis):
     iterations = max(1, round(ms * _state["pbkdf2_iterations_per_ms"]))
     hashlib.pbkdf2_hmac("sha256", b"loopscale", b"salt", iterations)
     return {"route": "offload", "ms": ms}
