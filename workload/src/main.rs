@@ -17,7 +17,7 @@ enum Command {
     /// Serve the emulated workload (configured by LOOPSCALE_* environment variables).
     Serve,
     /// Generate HTTP load against one or more targets and write a mergeable report.
-    Load(loopscale_workload::load::LoadArgs),
+    Load(Box<loopscale_workload::load::LoadArgs>),
     /// Merge load reports exactly (histograms, not averaged percentiles) and print the summary.
     Merge {
         /// Report files written by `load --report` (`-` reads one report from stdin).
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve => loopscale_workload::serve::main(),
-        Command::Load(args) => loopscale_workload::load::main(args),
+        Command::Load(args) => loopscale_workload::load::main(*args),
         Command::Merge { reports, json } => merge_command(&reports, json),
     }
 }

@@ -1,0 +1,657 @@
+//! What the operator creates for a step, as plain Kubernetes objects: the workload Deployment and
+//! Service, and the load Job. Pure functions of (Experiment, step, settings), so the shape of
+//! every child — names, labels, env, probes, the restricted security context — is unit-tested
+//! without a cluster.
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, SecurityContext, Service,
+    ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{Experiment, Mode, StepKey};
+use crate::planner::GeneratorLoad;
+
+/// Label on every child: the owning Experiment's UID (names can exceed a label value's 63 bytes).
+pub const LABEL_EXPERIMENT_UID: &str = "loopscale.dev/experiment-uid";
+/// Label on every child: the owning Experiment's name, truncated to fit a label value.
+pub const LABEL_EXPERIMENT: &str = "loopscale.dev/experiment";
+/// Label on every child: the step's position in the plan, from 1.
+pub const LABEL_STEP: &str = "loopscale.dev/step";
+/// Label on every child: `workload` or `load`.
+pub const LABEL_COMPONENT: &str = "loopscale.dev/component";
+/// Labels carrying the step's key, so the observed children say which step they belong to.
+pub const LABEL_MODE: &str = "loopscale.dev/mode";
+/// See [`LABEL_MODE`].
+pub const LABEL_PROCESSES: &str = "loopscale.dev/processes";
+/// See [`LABEL_MODE`].
+pub const LABEL_REPLICAS: &str = "loopscale.dev/replicas";
+/// See [`LABEL_MODE`].
+pub const LABEL_REPETITION: &str = "loopscale.dev/repetition";
+/// Label a load pod puts on its report ConfigMap: marks it as a report for the operator to list.
+pub const LABEL_REPORT: &str = "loopscale.dev/report";
+
+/// The per-namespace ServiceAccount of the load pods; may only create ConfigMaps.
+pub const LOAD_SERVICE_ACCOUNT: &str = "loopscale-load";
+/// Audience of the projected token a load pod puts into its report as proof of origin.
+pub const REPORT_TOKEN_AUDIENCE: &str = "loopscale";
+/// Where the load pod's proof token is mounted.
+pub const REPORT_TOKEN_DIR: &str = "/var/run/secrets/loopscale";
+/// Lifetime requested for the proof token: the operator must read a report within it.
+pub const REPORT_TOKEN_SECONDS: i64 = 3600;
+/// Port the workload listens on (`PORT`), metrics included.
+pub const WORKLOAD_PORT: i32 = 8080;
+/// Retries of a failed load pod before the Job gives up.
+pub const LOAD_BACKOFF_LIMIT: i32 = 2;
+
+/// Settings the operator brings to every child (from its command line / the chart's values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildSettings {
+    /// Image of the workload (`serve`) and load (`load`) roles, unless the spec names one.
+    pub workload_image: String,
+    /// Pull policy for that image (`IfNotPresent` for kind-loaded images).
+    pub image_pull_policy: Option<String>,
+}
+
+/// Names and labels of one step's children.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepChildren {
+    /// Deployment and Service name.
+    pub workload: String,
+    /// Job name.
+    pub load: String,
+    /// Labels common to every child of the step.
+    pub labels: BTreeMap<String, String>,
+}
+
+fn short_hash(text: &str) -> String {
+    // FNV-1a: stable across releases and platforms, unlike std's hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// `name` cut to `max` bytes, with a hash of the whole name when cut so that two long names
+/// stay distinct; never ends in `-` or `.` (DNS label rules).
+pub fn bounded_name(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_string();
+    }
+    let hash = short_hash(name);
+    let keep = max.saturating_sub(hash.len() + 1);
+    let head: String = name.chars().take(keep).collect();
+    format!("{}-{hash}", head.trim_end_matches(['-', '.']))
+}
+
+/// Names and labels of step `index` (from 1) of `exp`. Names are DNS labels (Services need
+/// them): at most 63 bytes, the `-load` Job name included, so the Job's pods' `job-name` label
+/// fits too.
+pub fn step_children(exp: &Experiment, index: u32, key: &StepKey) -> StepChildren {
+    let base = bounded_name(&exp.name_any(), 40);
+    let workload = format!("{base}-s{index}");
+    let load = format!("{workload}-load");
+    let mut labels = BTreeMap::new();
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "loopscale-operator".into(),
+    );
+    labels.insert("app.kubernetes.io/part-of".into(), "loopscale".into());
+    labels.insert(LABEL_EXPERIMENT.into(), bounded_name(&exp.name_any(), 63));
+    labels.insert(LABEL_EXPERIMENT_UID.into(), exp.uid().unwrap_or_default());
+    labels.insert(LABEL_STEP.into(), index.to_string());
+    labels.insert(LABEL_MODE.into(), key.mode.as_str().into());
+    labels.insert(LABEL_PROCESSES.into(), key.processes.to_string());
+    labels.insert(LABEL_REPLICAS.into(), key.replicas.to_string());
+    labels.insert(LABEL_REPETITION.into(), key.repetition.to_string());
+    StepChildren {
+        workload,
+        load,
+        labels,
+    }
+}
+
+/// The step a child belongs to, read back from its labels; `None` for objects without them.
+pub fn step_of(labels: &BTreeMap<String, String>) -> Option<(u32, StepKey)> {
+    let mode = match labels.get(LABEL_MODE)?.as_str() {
+        "event-loop" => Mode::EventLoop,
+        "thread-pool" => Mode::ThreadPool,
+        _ => return None,
+    };
+    let num = |k: &str| labels.get(k)?.parse::<u32>().ok();
+    Some((
+        num(LABEL_STEP)?,
+        StepKey {
+            mode,
+            processes: num(LABEL_PROCESSES)?,
+            replicas: num(LABEL_REPLICAS)?,
+            repetition: num(LABEL_REPETITION)?,
+        },
+    ))
+}
+
+fn with_component(labels: &BTreeMap<String, String>, component: &str) -> BTreeMap<String, String> {
+    let mut l = labels.clone();
+    l.insert(LABEL_COMPONENT.into(), component.into());
+    l
+}
+
+/// Labels that select the step's workload pods (the Service and the anti-affinity use them).
+fn workload_selector(children: &StepChildren) -> BTreeMap<String, String> {
+    let mut s = BTreeMap::new();
+    for k in [LABEL_EXPERIMENT_UID, LABEL_STEP] {
+        s.insert(k.to_string(), children.labels[k].clone());
+    }
+    s.insert(LABEL_COMPONENT.into(), "workload".into());
+    s
+}
+
+fn meta(exp: &Experiment, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: exp.namespace(),
+        labels: Some(labels),
+        owner_references: exp.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// The container security context of Pod Security "restricted": no privilege escalation, no
+/// capabilities, non-root, read-only root filesystem, RuntimeDefault seccomp.
+pub fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pod security context of Pod Security "restricted" (the image's user is 65532, nonroot).
+pub fn restricted_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl ToString) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.to_string()),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn image(exp: &Experiment, settings: &ChildSettings) -> String {
+    exp.spec
+        .workload
+        .image
+        .clone()
+        .unwrap_or_else(|| settings.workload_image.clone())
+}
+
+/// The workload server's environment for a step (DESIGN.md's env table).
+pub fn workload_env(exp: &Experiment, key: &StepKey) -> Vec<EnvVar> {
+    let w = &exp.spec.workload;
+    let mut e = vec![
+        env("LOOPSCALE_MODE", key.mode.as_str()),
+        env("LOOPSCALE_PROCESSES", key.processes),
+        env("LOOPSCALE_THREADPOOL_SIZE", w.thread_pool_size),
+        env("LOOPSCALE_GIL", w.gil),
+        env("LOOPSCALE_GIL_SWITCH_INTERVAL_MS", w.gil_switch_interval_ms),
+        env("LOOPSCALE_LIBUV_THREADPOOL_SIZE", w.libuv_thread_pool_size),
+        env("LOOPSCALE_REQUEST_OVERHEAD_US", w.request_overhead_us),
+        env("PORT", WORKLOAD_PORT),
+    ];
+    if let Some(b) = w.balancing {
+        let v = match b {
+            crate::crd::Balancing::RoundRobin => "round-robin",
+            crate::crd::Balancing::SharedSocket => "shared-socket",
+        };
+        e.push(env("LOOPSCALE_BALANCING", v));
+    }
+    e
+}
+
+/// The step's workload Deployment: `replicas` pods of `loopscale-workload serve`, ready when
+/// `/readyz` answers.
+pub fn workload_deployment(
+    exp: &Experiment,
+    children: &StepChildren,
+    key: &StepKey,
+    settings: &ChildSettings,
+) -> Deployment {
+    let pod_labels = with_component(&children.labels, "workload");
+    let probe = Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/readyz".into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: meta(exp, &children.workload, pod_labels.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(key.replicas as i32),
+            selector: LabelSelector {
+                match_labels: Some(workload_selector(children)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    security_context: Some(restricted_pod_security()),
+                    termination_grace_period_seconds: Some(10),
+                    containers: vec![Container {
+                        name: "workload".into(),
+                        image: Some(image(exp, settings)),
+                        image_pull_policy: settings.image_pull_policy.clone(),
+                        args: Some(vec!["serve".into()]),
+                        env: Some(workload_env(exp, key)),
+                        ports: Some(vec![ContainerPort {
+                            name: Some("http".into()),
+                            container_port: WORKLOAD_PORT,
+                            ..Default::default()
+                        }]),
+                        readiness_probe: Some(probe),
+                        resources: exp.spec.workload.resources.clone(),
+                        security_context: Some(restricted_container_security()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Service in front of the step's workload pods; the load generators' target.
+pub fn workload_service(exp: &Experiment, children: &StepChildren) -> Service {
+    Service {
+        metadata: meta(
+            exp,
+            &children.workload,
+            with_component(&children.labels, "workload"),
+        ),
+        spec: Some(ServiceSpec {
+            selector: Some(workload_selector(children)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: WORKLOAD_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// URL the load generators aim at: the step's Service.
+pub fn target_url(exp: &Experiment, children: &StepChildren) -> String {
+    format!(
+        "http://{}.{}.svc:{WORKLOAD_PORT}",
+        children.workload,
+        exp.namespace().unwrap_or_else(|| "default".into())
+    )
+}
+
+/// The flags every generator of the step runs with. The Job's pods share one template, so each
+/// gets the first generator's share; the planner's shares differ by at most one, and the CRD's
+/// rules keep every share at least 1. (An uneven split loses `total mod generators` units;
+/// see README-cluster.md.)
+pub fn common_generator_args(generators: &[GeneratorLoad]) -> Vec<String> {
+    generators
+        .iter()
+        .min_by_key(|g| (g.rate, g.concurrency, g.connections))
+        .map(GeneratorLoad::args)
+        .unwrap_or_default()
+}
+
+/// The step's load Job: `generators` indexed pods of `loopscale-workload load`, each publishing its
+/// report as a ConfigMap with a proof-of-origin token (see `reports`).
+pub fn load_job(
+    exp: &Experiment,
+    children: &StepChildren,
+    generators: &[GeneratorLoad],
+    settings: &ChildSettings,
+) -> Job {
+    let n = generators.len().max(1) as i32;
+    let pod_labels = with_component(&children.labels, "load");
+    let mut args = vec![
+        "load".to_string(),
+        "--target".into(),
+        target_url(exp, children),
+    ];
+    args.extend(common_generator_args(generators));
+    args.extend([
+        "--report".into(),
+        "-".into(),
+        "--publish-configmap".into(),
+        "$(LOOPSCALE_POD_NAME)".into(),
+    ]);
+    let mut report_labels: Vec<String> = [LABEL_EXPERIMENT_UID, LABEL_STEP]
+        .iter()
+        .map(|k| format!("{k}={}", children.labels[*k]))
+        .collect();
+    report_labels.push(format!("{LABEL_REPORT}=true"));
+    let anti_affinity = PodAntiAffinity {
+        preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+            weight: 100,
+            pod_affinity_term: PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(workload_selector(children)),
+                    ..Default::default()
+                }),
+                topology_key: "kubernetes.io/hostname".into(),
+                ..Default::default()
+            },
+        }]),
+        ..Default::default()
+    };
+    Job {
+        metadata: meta(exp, &children.load, pod_labels.clone()),
+        spec: Some(JobSpec {
+            completions: Some(n),
+            parallelism: Some(n),
+            completion_mode: Some("Indexed".into()),
+            backoff_limit: Some(LOAD_BACKOFF_LIMIT),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    service_account_name: Some(LOAD_SERVICE_ACCOUNT.into()),
+                    security_context: Some(restricted_pod_security()),
+                    affinity: Some(Affinity {
+                        pod_anti_affinity: Some(anti_affinity),
+                        ..Default::default()
+                    }),
+                    containers: vec![Container {
+                        name: "load".into(),
+                        image: Some(image(exp, settings)),
+                        image_pull_policy: settings.image_pull_policy.clone(),
+                        args: Some(args),
+                        env: Some(vec![
+                            field_env("LOOPSCALE_POD_NAME", "metadata.name"),
+                            field_env("LOOPSCALE_POD_UID", "metadata.uid"),
+                            field_env("LOOPSCALE_POD_NAMESPACE", "metadata.namespace"),
+                            env("LOOPSCALE_PUBLISH_LABELS", report_labels.join(",")),
+                            env(
+                                "LOOPSCALE_PUBLISH_TOKEN_FILE",
+                                format!("{REPORT_TOKEN_DIR}/token"),
+                            ),
+                        ]),
+                        volume_mounts: Some(vec![VolumeMount {
+                            name: "report-token".into(),
+                            mount_path: REPORT_TOKEN_DIR.into(),
+                            read_only: Some(true),
+                            ..Default::default()
+                        }]),
+                        security_context: Some(restricted_container_security()),
+                        ..Default::default()
+                    }],
+                    volumes: Some(vec![Volume {
+                        name: "report-token".into(),
+                        projected: Some(ProjectedVolumeSource {
+                            sources: Some(vec![VolumeProjection {
+                                service_account_token: Some(ServiceAccountTokenProjection {
+                                    audience: Some(REPORT_TOKEN_AUDIENCE.into()),
+                                    expiration_seconds: Some(REPORT_TOKEN_SECONDS),
+                                    path: "token".into(),
+                                }),
+                                ..Default::default()
+                            }]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Owner reference of `exp` (its controller), for the children above.
+pub fn owner(exp: &Experiment) -> Option<OwnerReference> {
+    exp.controller_owner_ref(&())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::{generator_loads, plan};
+    use crate::validation::validate_manifest;
+
+    fn experiment(name: &str) -> Experiment {
+        let yaml = format!(
+            r#"
+apiVersion: loopscale.dev/v1alpha1
+kind: Experiment
+metadata: {{name: {name}, namespace: lab}}
+spec:
+  workload:
+    modes: [thread-pool]
+    gil: false
+    balancing: shared-socket
+    resources: {{requests: {{cpu: 250m}}}}
+  scenario: {{route: cpu, cpuMillis: 10}}
+  matrix: {{processes: [2], replicas: [3]}}
+  load: {{model: open, rate: 401, generators: 2, warmup: 1s, duration: 2s}}
+"#
+        );
+        let mut e = validate_manifest(&yaml).unwrap();
+        e.metadata.uid = Some("0b0e6c1e-uid".into());
+        e
+    }
+
+    fn settings() -> ChildSettings {
+        ChildSettings {
+            workload_image: "loopscale-workload:test".into(),
+            image_pull_policy: Some("IfNotPresent".into()),
+        }
+    }
+
+    fn assert_restricted(pod: &PodSpec) {
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        for c in &pod.containers {
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_string()][..])
+            );
+        }
+        for v in pod.volumes.iter().flatten() {
+            assert!(
+                v.projected.is_some(),
+                "restricted allows only listed volume types: {v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_deployment_carries_the_step_env_probe_resources_and_owner() {
+        let exp = experiment("x");
+        let key = plan(&exp.spec)[0];
+        let c = step_children(&exp, 1, &key);
+        let d = workload_deployment(&exp, &c, &key, &settings());
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_restricted(pod);
+        let ctr = &pod.containers[0];
+        let env: BTreeMap<_, _> = ctr
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap()))
+            .collect();
+        assert_eq!(env["LOOPSCALE_MODE"], "thread-pool");
+        assert_eq!(env["LOOPSCALE_PROCESSES"], "2");
+        assert_eq!(env["LOOPSCALE_GIL"], "false");
+        assert_eq!(env["LOOPSCALE_THREADPOOL_SIZE"], "40");
+        assert_eq!(env["LOOPSCALE_BALANCING"], "shared-socket");
+        assert_eq!(env["PORT"], "8080");
+        assert_eq!(ctr.args.as_deref(), Some(&["serve".to_string()][..]));
+        let probe = ctr
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/readyz"));
+        assert!(ctr
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()
+            .contains_key("cpu"));
+        let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("Experiment", Some(true))
+        );
+        // The selector matches the template's labels, and the labels say which step it is.
+        let selector = spec.selector.match_labels.as_ref().unwrap();
+        let labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
+        assert_eq!(step_of(labels), Some((1, key)));
+    }
+
+    #[test]
+    fn the_job_runs_indexed_generators_away_from_the_workload_and_publishes() {
+        let exp = experiment("x");
+        let key = plan(&exp.spec)[0];
+        let c = step_children(&exp, 1, &key);
+        let job = load_job(&exp, &c, &generator_loads(&exp.spec), &settings());
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!((spec.completions, spec.parallelism), (Some(2), Some(2)));
+        assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+        assert_eq!(spec.backoff_limit, Some(LOAD_BACKOFF_LIMIT));
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_restricted(pod);
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some(LOAD_SERVICE_ACCOUNT)
+        );
+        let anti = pod
+            .affinity
+            .as_ref()
+            .unwrap()
+            .pod_anti_affinity
+            .as_ref()
+            .unwrap();
+        let term = &anti
+            .preferred_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()[0];
+        let selected = term
+            .pod_affinity_term
+            .label_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(selected[LABEL_COMPONENT], "workload");
+        let args = pod.containers[0].args.clone().unwrap();
+        assert_eq!(args[0], "load");
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["--target", "http://x-s1.lab.svc:8080"]));
+        // 401 over 2 generators: both run the smaller share.
+        assert!(args.windows(2).any(|w| w == ["--rate", "200"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--path", "/cpu?ms=10"]));
+        assert!(args.contains(&"--publish-configmap".to_string()));
+        let vol = &pod.volumes.as_ref().unwrap()[0];
+        let token = vol.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+            .service_account_token
+            .as_ref()
+            .unwrap();
+        assert_eq!(token.audience.as_deref(), Some(REPORT_TOKEN_AUDIENCE));
+    }
+
+    #[test]
+    fn names_fit_dns_labels_and_stay_distinct() {
+        let long_a = "a".repeat(60) + "-one";
+        let long_b = "a".repeat(60) + "-two";
+        let key = plan(&experiment("x").spec)[0];
+        let a = step_children(&experiment(&long_a), 12, &key);
+        let b = step_children(&experiment(&long_b), 12, &key);
+        assert!(a.load.len() <= 63, "{}", a.load);
+        assert_ne!(a.workload, b.workload);
+        assert!(a.labels.values().all(|v| v.len() <= 63));
+        assert_eq!(bounded_name("short", 40), "short");
+    }
+}

@@ -1,0 +1,316 @@
+//! Turns an Experiment spec into the ordered list of steps and each step's load settings. Pure.
+use std::time::Duration;
+
+use crate::crd::{ExperimentSpec, LoadModel, StepKey, StepOrder};
+
+/// Every step of the experiment in the order it runs (modes × processes × replicas ×
+/// repetitions).
+///
+/// `interleaved` (the default): repetition rounds outermost; inside a round, processes, then
+/// replicas, then the modes back to back. The two modes of one configuration are measured minutes
+/// apart at most, and every repetition round sees the whole matrix, so slow drift of a shared
+/// machine (thermal throttling, a noisy neighbour, a cluster autoscaling) biases neither mode nor
+/// any configuration. `sequential`: mode outermost, then processes, replicas, repetitions back to
+/// back; easier to read while it runs, but the modes are compared across the whole run's drift.
+pub fn plan(spec: &ExperimentSpec) -> Vec<StepKey> {
+    let modes = &spec.workload.modes;
+    let processes = &spec.matrix.processes;
+    let replicas = &spec.matrix.replicas;
+    let repetitions = 1..=spec.repetitions;
+    let mut steps = Vec::with_capacity(modes.len() * processes.len() * replicas.len());
+    match spec.order {
+        StepOrder::Interleaved => {
+            for repetition in repetitions {
+                for &p in processes {
+                    for &r in replicas {
+                        for &mode in modes {
+                            steps.push(StepKey {
+                                mode,
+                                processes: p,
+                                replicas: r,
+                                repetition,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        StepOrder::Sequential => {
+            for &mode in modes {
+                for &p in processes {
+                    for &r in replicas {
+                        for repetition in repetitions.clone() {
+                            steps.push(StepKey {
+                                mode,
+                                processes: p,
+                                replicas: r,
+                                repetition,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    steps
+}
+
+/// One load generator's share of a step's load: the flags of one `loopscale-workload load`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratorLoad {
+    /// Position among the step's generators, from 0.
+    pub index: u32,
+    /// `--model`.
+    pub model: LoadModel,
+    /// `--rate` (open model): this generator's share of the total rate.
+    pub rate: Option<u32>,
+    /// `--concurrency`: closed model, this generator's share of the total concurrency; open
+    /// model, the most requests in flight before new ones count as dropped (its connections).
+    pub concurrency: u32,
+    /// `--connections`: this generator's share of the total connections.
+    pub connections: u32,
+    /// `--warmup`, as written in the spec.
+    pub warmup: String,
+    /// `--duration`, as written in the spec.
+    pub duration: String,
+    /// `--timeout`, as written in the spec.
+    pub timeout: String,
+    /// `--path`: route and query of the scenario.
+    pub path: String,
+}
+
+impl GeneratorLoad {
+    /// The generator's command-line arguments after `load`, without `--target` and `--report`.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--model".to_string(),
+            self.model.as_str().to_string(),
+            "--connections".into(),
+            self.connections.to_string(),
+            "--warmup".into(),
+            self.warmup.clone(),
+            "--duration".into(),
+            self.duration.clone(),
+            "--timeout".into(),
+            self.timeout.clone(),
+            "--path".into(),
+            self.path.clone(),
+        ];
+        if let Some(rate) = self.rate {
+            args.extend(["--rate".to_string(), rate.to_string()]);
+        }
+        args.extend(["--concurrency".to_string(), self.concurrency.to_string()]);
+        args
+    }
+}
+
+/// Split `total` into `parts` shares that differ by at most one and add up to `total`.
+fn share(total: u32, parts: u32, index: u32) -> u32 {
+    let parts = parts.max(1);
+    total / parts + u32::from(index < total % parts)
+}
+
+/// The load of each generator of a step: totals from the spec split evenly (the remainder goes to
+/// the first generators), so the shares add up exactly to what the spec asks for.
+pub fn generator_loads(spec: &ExperimentSpec) -> Vec<GeneratorLoad> {
+    let load = &spec.load;
+    let n = load.generators.max(1);
+    (0..n)
+        .map(|index| {
+            let (concurrency, connections) = match load.model {
+                // Closed model: one connection per request in flight.
+                LoadModel::Closed => {
+                    let c = share(load.concurrency.unwrap_or(1), n, index).max(1);
+                    (c, c)
+                }
+                // Open model: connections bound the requests in flight.
+                LoadModel::Open => {
+                    let c = share(load.connections, n, index).max(1);
+                    (c, c)
+                }
+            };
+            GeneratorLoad {
+                index,
+                model: load.model,
+                rate: load.rate.map(|r| share(r, n, index).max(1)),
+                concurrency,
+                connections,
+                warmup: load.warmup.clone(),
+                duration: load.duration.clone(),
+                timeout: load.timeout.clone(),
+                path: spec.scenario.request_path(),
+            }
+        })
+        .collect()
+}
+
+/// The environment of one workload replica (the server's only configuration, see the workload's
+/// env table), except `PORT`, which the backend chooses. Both backends use it as is.
+pub fn workload_env(spec: &ExperimentSpec, step: &StepKey) -> Vec<(String, String)> {
+    let w = &spec.workload;
+    let mut env = vec![
+        ("LOOPSCALE_MODE".to_string(), step.mode.as_str().to_string()),
+        ("LOOPSCALE_PROCESSES".into(), step.processes.to_string()),
+        (
+            "LOOPSCALE_THREADPOOL_SIZE".into(),
+            w.thread_pool_size.to_string(),
+        ),
+        ("LOOPSCALE_GIL".into(), w.gil.to_string()),
+        (
+            "LOOPSCALE_GIL_SWITCH_INTERVAL_MS".into(),
+            w.gil_switch_interval_ms.to_string(),
+        ),
+        (
+            "LOOPSCALE_LIBUV_THREADPOOL_SIZE".into(),
+            w.libuv_thread_pool_size.to_string(),
+        ),
+        (
+            "LOOPSCALE_REQUEST_OVERHEAD_US".into(),
+            w.request_overhead_us.to_string(),
+        ),
+    ];
+    if let Some(b) = w.balancing {
+        let value = match b {
+            crate::crd::Balancing::RoundRobin => "round-robin",
+            crate::crd::Balancing::SharedSocket => "shared-socket",
+        };
+        env.push(("LOOPSCALE_BALANCING".into(), value.into()));
+    }
+    env
+}
+
+/// Parse a spec duration (`500ms`, `10s`, `1m30s`); the schema pattern guarantees the form.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    humantime::parse_duration(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Mode::{EventLoop, ThreadPool};
+    use crate::validation::validate_manifest;
+
+    fn spec(extra: &str) -> ExperimentSpec {
+        let yaml = format!(
+            r#"
+apiVersion: loopscale.dev/v1alpha1
+kind: Experiment
+metadata: {{name: plan}}
+spec:
+  workload: {{modes: [event-loop, thread-pool]}}
+  scenario: {{route: cpu, cpuMillis: 10}}
+  matrix: {{processes: [1, 2], replicas: [1, 3]}}
+  load: {{model: open, rate: 101, connections: 10, generators: 3}}
+{extra}"#
+        );
+        validate_manifest(&yaml).unwrap().spec
+    }
+
+    fn k(mode: crate::crd::Mode, processes: u32, replicas: u32, repetition: u32) -> StepKey {
+        StepKey {
+            mode,
+            processes,
+            replicas,
+            repetition,
+        }
+    }
+
+    #[test]
+    fn interleaved_is_the_default_and_runs_modes_back_to_back() {
+        let steps = plan(&spec("  repetitions: 2"));
+        assert_eq!(steps.len(), 16);
+        assert_eq!(
+            &steps[..4],
+            &[
+                k(EventLoop, 1, 1, 1),
+                k(ThreadPool, 1, 1, 1),
+                k(EventLoop, 1, 3, 1),
+                k(ThreadPool, 1, 3, 1)
+            ]
+        );
+        // The second repetition round starts only after the whole matrix ran once.
+        assert!(steps[..8].iter().all(|s| s.repetition == 1));
+        assert_eq!(steps[8], k(EventLoop, 1, 1, 2));
+    }
+
+    #[test]
+    fn sequential_runs_one_mode_then_the_other_with_repetitions_back_to_back() {
+        let steps = plan(&spec("  repetitions: 2\n  order: sequential"));
+        assert_eq!(steps.len(), 16);
+        assert_eq!(
+            &steps[..3],
+            &[
+                k(EventLoop, 1, 1, 1),
+                k(EventLoop, 1, 1, 2),
+                k(EventLoop, 1, 3, 1)
+            ]
+        );
+        assert!(steps[..8].iter().all(|s| s.mode == EventLoop));
+        assert!(steps[8..].iter().all(|s| s.mode == ThreadPool));
+    }
+
+    #[test]
+    fn every_configuration_appears_exactly_once_per_repetition() {
+        for order in ["interleaved", "sequential"] {
+            let steps = plan(&spec(&format!("  repetitions: 3\n  order: {order}")));
+            let mut unique = steps.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), steps.len());
+            assert_eq!(steps.len(), 2 * 2 * 2 * 3);
+        }
+    }
+
+    #[test]
+    fn generator_shares_add_up_to_the_totals() {
+        let loads = generator_loads(&spec(""));
+        assert_eq!(loads.len(), 3);
+        assert_eq!(
+            loads.iter().map(|l| l.rate.unwrap()).collect::<Vec<_>>(),
+            [34, 34, 33]
+        );
+        assert_eq!(loads.iter().map(|l| l.connections).sum::<u32>(), 10);
+        assert_eq!(loads[0].path, "/cpu?ms=10");
+        let args = loads[2].args();
+        assert!(args.windows(2).any(|w| w == ["--rate", "33"]));
+        assert!(args.windows(2).any(|w| w == ["--model", "open"]));
+        assert!(args.windows(2).any(|w| w == ["--concurrency", "3"]));
+    }
+
+    #[test]
+    fn closed_model_gives_each_generator_one_connection_per_request_in_flight() {
+        let mut s = spec("");
+        s.load.model = LoadModel::Closed;
+        s.load.rate = None;
+        s.load.concurrency = Some(8);
+        let loads = generator_loads(&s);
+        assert_eq!(
+            loads.iter().map(|l| l.concurrency).collect::<Vec<_>>(),
+            [3, 3, 2]
+        );
+        assert_eq!(
+            loads.iter().map(|l| l.connections).collect::<Vec<_>>(),
+            [3, 3, 2]
+        );
+        assert!(loads.iter().all(|l| l.rate.is_none()));
+    }
+
+    #[test]
+    fn workload_env_names_the_step_and_the_spec_settings() {
+        let s = spec("");
+        let env = workload_env(&s, &k(ThreadPool, 2, 3, 1));
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("LOOPSCALE_MODE"), Some("thread-pool"));
+        assert_eq!(get("LOOPSCALE_PROCESSES"), Some("2"));
+        assert_eq!(get("LOOPSCALE_GIL"), Some("true"));
+        assert_eq!(get("LOOPSCALE_THREADPOOL_SIZE"), Some("40"));
+        assert_eq!(get("LOOPSCALE_BALANCING"), None);
+    }
+
+    #[test]
+    fn spec_durations_parse() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+    }
+}

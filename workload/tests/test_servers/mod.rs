@@ -1,0 +1,276 @@
+//! Small HTTP servers on loopback for the load generator's integration tests, and a runner for
+//! the real `loopscale-workload` binary with a time bound.
+#![allow(dead_code)] // each test file uses a subset
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderValue};
+use axum::response::IntoResponse;
+use axum::Router;
+
+/// Serializes the timing-sensitive tests of one test binary, so they do not compete for the
+/// machine's two cores.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a server does with each request.
+#[derive(Clone, Copy, Debug)]
+pub enum Behavior {
+    /// Answer at once.
+    Fast,
+    /// Answer after a fixed delay. Served by a thread per connection that sleeps with the OS
+    /// timer and writes the response itself: the fewest hops, so the delay the client sees is
+    /// the delay (tokio's timer rounds sleeps up to the next millisecond, 2–5 % of 20 ms).
+    Delay(Duration),
+    /// Answer at once, except that when the `after`-th request arrives the server stalls for
+    /// `stall`: every request until then waits for the stall to end (a GC pause, a blocked loop).
+    StallOnce { after: u64, stall: Duration },
+    /// Answer at once and close the connection after every `every`-th response.
+    CloseEvery(u64),
+    /// Answer at once with this status.
+    Status(u16),
+    /// Accept connections and never answer.
+    Silent,
+}
+
+/// A running test server; stops when the process ends (servers live on their own runtime).
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+    pub arrivals: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl TestServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn request_count(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+struct ServerState {
+    behavior: Behavior,
+    requests: Arc<AtomicU64>,
+    arrivals: Arc<Mutex<Vec<Instant>>>,
+    stall_until: Mutex<Option<tokio::time::Instant>>,
+}
+
+/// Starts a server on 127.0.0.1 with a free port: a plain threaded server for `Delay`, axum on
+/// a dedicated 2-thread runtime for the others.
+pub fn start(behavior: Behavior) -> TestServer {
+    if let Behavior::Delay(delay) = behavior {
+        return start_delay_server(delay);
+    }
+    if let Behavior::Silent = behavior {
+        return start_silent_server();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let addr = std_listener.local_addr().expect("local addr");
+    let requests = Arc::new(AtomicU64::new(0));
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let state = Arc::new(ServerState {
+        behavior,
+        requests: requests.clone(),
+        arrivals: arrivals.clone(),
+        stall_until: Mutex::new(None),
+    });
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+            let app = Router::new().fallback(move || handle(state.clone()));
+            axum::serve(listener, app).await.expect("test server");
+        })
+    });
+    TestServer {
+        addr,
+        requests,
+        arrivals,
+    }
+}
+
+async fn handle(state: Arc<ServerState>) -> axum::response::Response {
+    let arrived = Instant::now();
+    let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    state.arrivals.lock().unwrap().push(arrived);
+    match state.behavior {
+        Behavior::Fast => "ok".into_response(),
+        Behavior::Delay(_) => unreachable!("served by start_delay_server"),
+        Behavior::Silent => unreachable!("served by start_silent_server"),
+        Behavior::Status(code) => axum::http::StatusCode::from_u16(code)
+            .expect("valid status")
+            .into_response(),
+        Behavior::StallOnce { after, stall } => {
+            let until = {
+                let mut stall_until = state.stall_until.lock().unwrap();
+                if n == after {
+                    *stall_until = Some(tokio::time::Instant::now() + stall);
+                }
+                *stall_until
+            };
+            if let Some(until) = until {
+                tokio::time::sleep_until(until).await;
+            }
+            "ok".into_response()
+        }
+        Behavior::CloseEvery(every) => {
+            let mut response = "ok".into_response();
+            if n.is_multiple_of(every) {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 keep-alive server: one thread per connection; for each request (the
+/// generator sends GETs without a body, one at a time) it sleeps `delay` and answers.
+fn start_delay_server(delay: Duration) -> TestServer {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let requests = Arc::new(AtomicU64::new(0));
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let (count, times) = (requests.clone(), arrivals.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (count, times) = (count.clone(), times.clone());
+            std::thread::spawn(move || {
+                let _ = stream.set_nodelay(true);
+                let mut pending = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    let n = match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buffer[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let arrived = Instant::now();
+                        count.fetch_add(1, Ordering::SeqCst);
+                        times.lock().unwrap().push(arrived);
+                        std::thread::sleep(delay.saturating_sub(arrived.elapsed()));
+                        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(response).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    TestServer {
+        addr,
+        requests,
+        arrivals,
+    }
+}
+
+/// Accepts connections (counting them as requests) and never answers; holds them for 60 s.
+fn start_silent_server() -> TestServer {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let requests = Arc::new(AtomicU64::new(0));
+    let count = requests.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        listener.set_nonblocking(true).expect("nonblocking");
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    held.push(stream);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    TestServer {
+        addr,
+        requests,
+        arrivals: Arc::new(Mutex::new(Vec::new())),
+    }
+}
+
+/// A loopback port with nothing listening (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Runs `loopscale-workload` with `args`, killing it (and failing the test) after `limit`.
+pub fn run_generator(args: &[&str], limit: Duration) -> Output {
+    run_generator_with_env(args, &[], limit)
+}
+
+/// Like [`run_generator`], with extra environment variables.
+pub fn run_generator_with_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
+    // LOOPSCALE_TEST_WORKLOAD_BIN points the tests at another build (e.g. release).
+    let binary = std::env::var("LOOPSCALE_TEST_WORKLOAD_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_loopscale-workload").to_string());
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let child = command.spawn().expect("spawn loopscale-workload");
+    wait_bounded(child, limit)
+}
+
+/// Waits for a child with a time bound; kills it and panics when the bound passes.
+pub fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("try_wait") {
+            Some(_) => return child.wait_with_output().expect("output"),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("output");
+                panic!(
+                    "loopscale-workload did not finish within {limit:?}; stderr:\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A fresh temporary file path for a report.
+pub fn temp_report(name: &str) -> std::path::PathBuf {
+    // Under target/tmp (cargo's scratch space for integration tests), one folder per run.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("loopscale-load-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+/// Reads a report written by the generator.
+pub fn read_report(path: &std::path::Path) -> loopscale_workload::report::Report {
+    let text = std::fs::read_to_string(path).expect("report file written");
+    loopscale_workload::report::Report::from_json(&text).expect("valid report")
+}
