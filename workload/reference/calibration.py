@@ -1,0 +1,796 @@
+"""Calibration of loopscale's emulation against the real Express and FastAPI servers.
+
+Runs the same closed-model scenarios with `loopscale-workload load` against four
+implementations: the real Express and FastAPI reference servers and the emulation in its two
+modes; derives the shape metrics that say whether the emulation behaves like the runtime it
+stands for; measures each runtime's CPU cost per request and proposes the
+`LOOPSCALE_REQUEST_OVERHEAD_US` that makes the emulation match it; then reruns the emulation with
+that overhead and compares each shape metric (emulation / real, target within +-25%).
+
+The entry point is the `calibrate` script beside this file; README.md documents it. Pure
+computations (metrics, proposal, comparison, table) are plain functions tested in
+calibration_test.py without I/O; running servers and load generators happens at the edges.
+Python 3.11 standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import reference_servers as rs
+
+CALIBRATION_VERSION = 1
+TARGET_TOLERANCE = 0.25
+"""Each shape metric of the emulation should be within +-25% of the real runtime's."""
+
+PAIRS = (("express", "emulated-event-loop"), ("fastapi", "emulated-thread-pool"))
+"""Which emulation mode stands for which real runtime."""
+
+MODE_OF = {"emulated-event-loop": "event-loop", "emulated-thread-pool": "thread-pool"}
+
+CPU_MS = 10
+"""CPU work per request in the CPU scenarios."""
+IO_MS = 50
+"""Timer length of the /io scenario."""
+IO_CONCURRENCY = 256
+"""In-flight requests of the /io scenario: enough that the framework's per-request cost, not the
+timer, limits throughput (the ideal is IO_CONCURRENCY / IO_MS requests per second)."""
+CPU_CONCURRENCY = 8
+COST_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One measurement: closed-model load on `path` (and, at the same time, on `background_path`)
+    against a server with `processes` workers."""
+
+    name: str
+    processes: int
+    path: str
+    concurrency: int
+    background_path: str | None = None
+    background_concurrency: int = 0
+    measure_cpu: bool = False
+    """Sample the server's CPU time over the measured window (CPU cost per request)."""
+
+
+COST_SCENARIOS = (
+    Scenario("io_cost", 1, "/io?ms=1", COST_CONCURRENCY, measure_cpu=True),
+    Scenario("hello_cost", 1, "/hello", COST_CONCURRENCY, measure_cpu=True),
+)
+"""The per-request cost, measured on a route with a parameter and a timer (what experiments send:
+FastAPI validates the parameter, both schedule a timer) and, for reference, on /hello."""
+PROPOSAL_SCENARIO = "io_cost"
+"""The cost scenario the proposed LOOPSCALE_REQUEST_OVERHEAD_US is derived from."""
+
+SCENARIOS = (
+    *COST_SCENARIOS,
+    Scenario("hello_alone", 1, "/hello", 1),
+    Scenario("hello_under_cpu", 1, "/hello", 1, f"/cpu?ms={CPU_MS}", 4),
+    Scenario("cpu_p1", 1, f"/cpu?ms={CPU_MS}", CPU_CONCURRENCY),
+    Scenario("cpu_inline_p1", 1, f"/cpu-inline?ms={CPU_MS}", CPU_CONCURRENCY),
+    Scenario("io_high_concurrency", 1, f"/io?ms={IO_MS}", IO_CONCURRENCY),
+    Scenario("cpu_p2", 2, f"/cpu?ms={CPU_MS}", CPU_CONCURRENCY),
+)
+
+SCENARIO_GROUPS = (
+    ("io_cost", "hello_cost"),
+    ("hello_alone", "hello_under_cpu"),
+    ("cpu_p1", "cpu_p2", "cpu_inline_p1"),
+    ("io_high_concurrency",),
+)
+"""Scenarios whose results are divided by each other run back to back on one implementation;
+the implementations take turns group by group, so noise from the rest of the machine hits a
+ratio's two sides, and the four implementations, alike."""
+
+SHAPE_METRICS = {
+    "cpu_scaling_2p_over_1p": "throughput of /cpu with 2 processes / with 1",
+    "hello_slowdown_under_cpu": "p50 of /hello while /cpu runs (4 in flight) / p50 of /hello alone",
+    "io_throughput_rps": f"/io?ms={IO_MS} throughput at {IO_CONCURRENCY} in flight, 1 process (req/s)",
+    "cpu_inline_over_cpu": "throughput of /cpu-inline / of /cpu, 1 process",
+}
+"""The shape metrics compared, with what each one is."""
+
+
+@dataclass
+class Measurement:
+    """What one load run (plus the server-side CPU sample) gave."""
+
+    scenario: str
+    implementation: str
+    throughput_rps: float
+    p50_ms: float
+    p99_ms: float
+    ok: int
+    errors: int
+    window_secs: float
+    server_cpu_secs: float | None = None
+    """CPU of all the server's threads over the measured window (measure_cpu scenarios)."""
+    loop_cpu_secs: float | None = None
+    """CPU of the server's busiest thread (its event loop) over the measured window."""
+    background_throughput_rps: float | None = None
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        if self.server_cpu_secs is None or self.ok <= 0:
+            return None
+        return self.server_cpu_secs * 1e6 / self.ok
+
+    @property
+    def loop_cpu_us_per_request(self) -> float | None:
+        if self.loop_cpu_secs is None or self.ok <= 0:
+            return None
+        return self.loop_cpu_secs * 1e6 / self.ok
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure computations
+
+
+def median_measurement(runs: list[Measurement]) -> Measurement:
+    """Per-field median over repetitions of the same scenario (robust to one noisy run)."""
+    if not runs:
+        raise ValueError("no runs to summarise")
+
+    def med(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    first = runs[0]
+    return Measurement(
+        scenario=first.scenario,
+        implementation=first.implementation,
+        throughput_rps=med([r.throughput_rps for r in runs]),
+        p50_ms=med([r.p50_ms for r in runs]),
+        p99_ms=med([r.p99_ms for r in runs]),
+        ok=int(med([r.ok for r in runs])),
+        errors=int(med([r.errors for r in runs])),
+        window_secs=med([r.window_secs for r in runs]),
+        server_cpu_secs=_median_cpu_per_ok(runs, "cpu_us_per_request"),
+        loop_cpu_secs=_median_cpu_per_ok(runs, "loop_cpu_us_per_request"),
+        background_throughput_rps=med([r.background_throughput_rps for r in runs]),
+    )
+
+
+def _median_cpu_per_ok(runs: list[Measurement], per_request: str) -> float | None:
+    """The CPU seconds that, with the median `ok`, give the median of the per-request cost
+    property `per_request`."""
+    costs = [getattr(r, per_request) for r in runs if getattr(r, per_request) is not None]
+    if not costs:
+        return None
+    ok = int(statistics.median([r.ok for r in runs]))
+    return statistics.median(costs) * ok / 1e6
+
+
+def safe_ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator <= 0 or not math.isfinite(numerator):
+        return None
+    return numerator / denominator
+
+
+def shape_metrics(by_scenario: dict[str, Measurement]) -> dict[str, float | None]:
+    """The shape metrics of one implementation from its scenarios' (median) measurements."""
+
+    def get(name: str) -> Measurement | None:
+        return by_scenario.get(name)
+
+    def throughput(name: str) -> float | None:
+        m = get(name)
+        return m.throughput_rps if m else None
+
+    def p50(name: str) -> float | None:
+        m = get(name)
+        return m.p50_ms if m else None
+
+    return {
+        "cpu_scaling_2p_over_1p": safe_ratio(throughput("cpu_p2"), throughput("cpu_p1")),
+        "hello_slowdown_under_cpu": safe_ratio(p50("hello_under_cpu"), p50("hello_alone")),
+        "io_throughput_rps": throughput("io_high_concurrency"),
+        "cpu_inline_over_cpu": safe_ratio(throughput("cpu_inline_p1"), throughput("cpu_p1")),
+    }
+
+
+def propose_overhead_us(real_cpu_us: float | None, emulated_cpu_us_at_zero: float | None) -> int | None:
+    """The LOOPSCALE_REQUEST_OVERHEAD_US that makes the emulation's event loop spend as much CPU
+    per request as the real runtime's: the real loop cost minus what the emulation's loop already
+    spends with no overhead (its own HTTP handling). Never negative: the emulation cannot be made
+    cheaper."""
+    if real_cpu_us is None or emulated_cpu_us_at_zero is None:
+        return None
+    return max(0, round(real_cpu_us - emulated_cpu_us_at_zero))
+
+
+@dataclass
+class Comparison:
+    real: str
+    emulated: str
+    metric: str
+    real_value: float | None
+    emulated_value: float | None
+    ratio: float | None
+    within_target: bool | None
+
+
+def compare(metrics: dict[str, dict[str, float | None]], tolerance: float = TARGET_TOLERANCE) -> list[Comparison]:
+    """Emulation / real for every shape metric of both pairs; within_target when
+    |ratio - 1| <= tolerance (None when either side is missing)."""
+    out = []
+    for real, emulated in PAIRS:
+        for metric in SHAPE_METRICS:
+            real_value = metrics.get(real, {}).get(metric)
+            emulated_value = metrics.get(emulated, {}).get(metric)
+            ratio = safe_ratio(emulated_value, real_value)
+            within = None if ratio is None else abs(ratio - 1.0) <= tolerance + 1e-12
+            out.append(Comparison(real, emulated, metric, real_value, emulated_value, ratio, within))
+    return out
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}f}"
+
+
+def render_table(comparisons: list[Comparison], costs: dict[str, dict], proposal: dict[str, int | None]) -> str:
+    """The side-by-side table the script prints and README.md shows (Markdown). `costs` is
+    {implementation: {cost scenario name: cost_of(...)}}."""
+    lines = [
+        "| metric | Express | emulated event-loop | ratio | FastAPI | emulated thread-pool | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_key = {(c.real, c.metric): c for c in comparisons}
+
+    def cell(c: Comparison | None) -> tuple[str, str, str]:
+        if c is None:
+            return "-", "-", "-"
+        mark = "" if c.within_target is None else (" ok" if c.within_target else " OFF")
+        return _fmt(c.real_value), _fmt(c.emulated_value), (_fmt(c.ratio) + mark) if c.ratio is not None else "-"
+
+    for metric in SHAPE_METRICS:
+        left = cell(by_key.get(("express", metric)))
+        right = cell(by_key.get(("fastapi", metric)))
+        lines.append(f"| {metric} | {' | '.join(left)} | {' | '.join(right)} |")
+
+    def cost_row(label: str, scenario: str, key: str) -> str:
+        cells = []
+        for real, emulated in PAIRS:
+            r = costs.get(real, {}).get(scenario, {}).get(key)
+            e = costs.get(emulated, {}).get(scenario, {}).get(key)
+            cells += [_fmt(r, 1), _fmt(e, 1), _fmt(safe_ratio(e, r))]
+        return f"| {label} | {' | '.join(cells)} |"
+
+    for scenario in COST_SCENARIOS:
+        path = scenario.path
+        lines.append(cost_row(f"CPU us per {path} on the event-loop thread", scenario.name, "loop_cpu_us_per_request"))
+        lines.append(cost_row(f"CPU us per {path}, all threads and processes", scenario.name, "cpu_us_per_request"))
+        lines.append(
+            cost_row(f"{path} req/s, 1 process, {scenario.concurrency} in flight", scenario.name, "throughput_rps")
+        )
+    lines.append("")
+    lines.append(
+        "Proposed LOOPSCALE_REQUEST_OVERHEAD_US: "
+        + ", ".join(f"{mode} = {_fmt(value, 0) if value is not None else '-'}" for mode, value in proposal.items())
+    )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# I/O: processes, load runs, CPU sampling
+
+
+def process_group_thread_cpu(pgid: int) -> dict[tuple[int, int], float]:
+    """User + system CPU seconds of every thread of every live process in process group `pgid`
+    (the server's supervisor and workers), keyed by (pid, tid), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[tuple[int, int], float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        fields = _stat_fields(f"/proc/{pid}/stat")
+        # After "pid (comm) ": state ppid pgrp session tty tpgid flags minflt cminflt majflt
+        # cmajflt utime stime ...
+        if fields is None or int(fields[2]) != pgid:
+            continue
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            tfields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
+            if tfields is not None:
+                out[(pid, tid)] = (int(tfields[11]) + int(tfields[12])) / ticks
+    return out
+
+
+def _stat_fields(path: str) -> list[str] | None:
+    try:
+        with open(path, "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields if len(fields) > 12 else None
+
+
+def process_group_cpu_secs(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group `pgid`."""
+    return sum(process_group_thread_cpu(pgid).values())
+
+
+def cpu_delta(before: dict[tuple[int, int], float], after: dict[tuple[int, int], float]) -> tuple[float, float]:
+    """(CPU seconds of all threads, CPU seconds of the busiest thread) between two samples of
+    process_group_thread_cpu. Threads born in between count from zero. The busiest thread of a
+    server under /hello load is its (one) event loop: what limits its throughput; the total also
+    holds V8's compiler and GC threads, the supervisor, and so on."""
+    deltas = [max(0.0, cpu - before.get(key, 0.0)) for key, cpu in after.items()]
+    return sum(deltas), max(deltas, default=0.0)
+
+
+def _duration_arg(seconds: float) -> str:
+    return f"{max(0, round(seconds * 1000))}ms"
+
+
+def load_argv(load_bin: Path, port: int, path: str, concurrency: int, warmup: float, duration: float, report: Path) -> list[str]:
+    """The `loopscale-workload load` command line of one closed-model run."""
+    return [
+        str(load_bin),
+        "load",
+        "--target",
+        f"http://127.0.0.1:{port}",
+        "--model",
+        "closed",
+        "--concurrency",
+        str(concurrency),
+        "--connections",
+        str(concurrency),
+        "--warmup",
+        _duration_arg(warmup),
+        "--duration",
+        _duration_arg(duration),
+        "--timeout",
+        "30s",
+        "--path",
+        path,
+        "--report",
+        str(report),
+    ]
+
+
+def read_report(path: Path) -> dict:
+    with open(path) as f:
+        report = json.load(f)
+    if report.get("version") != 1:
+        raise RuntimeError(f"{path}: unsupported report version {report.get('version')!r}")
+    return report
+
+
+def _error_total(summary: dict) -> int:
+    errors = summary.get("errors", {})
+    return int(sum(v for v in errors.values() if isinstance(v, (int, float))))
+
+
+@dataclass
+class Settings:
+    warmup: float
+    duration: float
+    repetitions: int
+    work_dir: Path
+    load_bin: Path
+    prime: float = 3.0
+    """Seconds of /hello load each server gets after it starts, before any measurement."""
+    nice: int | None = None
+    """Scheduler autogroup nice value for calibrate (and so its load generators) and each server."""
+    verbose: bool = True
+
+
+def run_scenario(settings: Settings, server: rs.Server, scenario: Scenario, rep: int) -> Measurement:
+    """One run of `scenario` against `server`: the load generator (plus a background one), and a
+    CPU sample of the server's process group over the measured window."""
+    base = settings.work_dir / f"{server.name}-{scenario.name}-r{rep}"
+    main_report = base.with_suffix(".json")
+    main_argv = load_argv(
+        settings.load_bin, server.port, scenario.path, scenario.concurrency, settings.warmup, settings.duration, main_report
+    )
+    procs: list[subprocess.Popen] = []
+    background_report = None
+    if scenario.background_path:
+        background_report = Path(f"{base}-background.json")
+        # The background load starts first and outlasts the main run, so it covers its window.
+        bg_argv = load_argv(
+            settings.load_bin,
+            server.port,
+            scenario.background_path,
+            scenario.background_concurrency,
+            settings.warmup / 2,
+            settings.duration + settings.warmup + 0.5,
+            background_report,
+        )
+        with open(f"{base}-background.log", "wb") as bg_log:
+            procs.append(subprocess.Popen(bg_argv, stdout=subprocess.DEVNULL, stderr=bg_log))
+        time.sleep(settings.warmup / 2)
+    started = time.monotonic()
+    with open(f"{base}.log", "wb") as main_log:
+        procs.insert(0, subprocess.Popen(main_argv, stdout=subprocess.DEVNULL, stderr=main_log))
+    cpu_start = cpu_end = None
+    if scenario.measure_cpu:
+        time.sleep(max(0.0, settings.warmup - (time.monotonic() - started)))
+        cpu_start = process_group_thread_cpu(server.proc.pid)
+    limit = settings.warmup + settings.duration + 60
+    codes: list[int | str] = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=max(1.0, limit - (time.monotonic() - started))))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            codes.append("timeout")
+        if scenario.measure_cpu and cpu_end is None:
+            cpu_end = process_group_thread_cpu(server.proc.pid)
+    if any(code != 0 for code in codes):
+        raise RuntimeError(
+            f"load on {server.name} {scenario.name} exited {codes}: "
+            + Path(f"{base}.log").read_text(errors="replace")[-2000:]
+        )
+    report = read_report(main_report)
+    summary = report["summary"]
+    background_rps = None
+    if background_report is not None:
+        background_rps = read_report(background_report)["summary"]["throughput_rps"]
+    return Measurement(
+        scenario=scenario.name,
+        implementation=server.name,
+        throughput_rps=float(summary["throughput_rps"]),
+        p50_ms=float(summary["latency_ms"]["p50"]),
+        p99_ms=float(summary["latency_ms"]["p99"]),
+        ok=int(summary["ok"]),
+        errors=_error_total(summary),
+        window_secs=float(report["window_secs"]),
+        server_cpu_secs=cpu_delta(cpu_start, cpu_end)[0] if cpu_start is not None and cpu_end is not None else None,
+        loop_cpu_secs=cpu_delta(cpu_start, cpu_end)[1] if cpu_start is not None and cpu_end is not None else None,
+        background_throughput_rps=background_rps,
+    )
+
+
+def log(settings: Settings, message: str) -> None:
+    if settings.verbose:
+        print(message, file=sys.stderr, flush=True)
+
+
+class ServerPool:
+    """The servers of one calibration, keyed by (implementation, processes), all running at the
+    same time (idle ones cost nothing), so that scenarios can alternate between them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.servers: dict[tuple[str, int], rs.Server] = {}
+
+    def start(self, impl: str, processes: int, overhead_us: dict[str, int] | None = None) -> rs.Server:
+        extra = {}
+        if impl in MODE_OF:
+            extra["LOOPSCALE_REQUEST_OVERHEAD_US"] = str((overhead_us or {}).get(MODE_OF[impl], 0))
+        server = rs.start(
+            impl, processes, self.settings.work_dir, self.settings.load_bin, extra, autogroup_nice=self.settings.nice
+        )
+        self.servers[(impl, processes)] = server
+        self.prime(server)
+        return server
+
+    def prime(self, server: rs.Server) -> None:
+        """Load /hello for a while before anything is measured: V8 compiles Express's hot paths
+        only after thousands of requests, and its JIT's CPU would count as per-request cost."""
+        report = self.settings.work_dir / f"prime-{server.name}-p{server.processes}-{server.port}.json"
+        argv = load_argv(self.settings.load_bin, server.port, "/hello", 16, 0.0, self.settings.prime, report)
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=self.settings.prime + 60)
+
+    def stop(self, impl: str, processes: int) -> None:
+        server = self.servers.pop((impl, processes), None)
+        if server is not None:
+            server.stop()
+
+    def stop_all(self) -> None:
+        for key in list(self.servers):
+            self.stop(*key)
+
+    def __enter__(self) -> "ServerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+
+def measure(
+    settings: Settings,
+    pool: ServerPool,
+    implementations: list[str],
+    scenarios: tuple[Scenario, ...],
+) -> dict[str, dict[str, list[Measurement]]]:
+    """Runs every scenario `settings.repetitions` times on every implementation's server in
+    `pool`, in the order SCENARIO_GROUPS gives."""
+    by_name = {s.name: s for s in scenarios}
+    groups = [[by_name[n] for n in group if n in by_name] for group in SCENARIO_GROUPS]
+    groups = [g for g in groups if g]
+    results: dict[str, dict[str, list[Measurement]]] = {impl: {} for impl in implementations}
+    for rep in range(settings.repetitions):
+        for group in groups:
+            for impl in implementations:
+                for scenario in group:
+                    server = pool.servers[(impl, scenario.processes)]
+                    m = run_scenario(settings, server, scenario, rep)
+                    results[impl].setdefault(scenario.name, []).append(m)
+                    log(
+                        settings,
+                        f"  {impl:<22} {scenario.name:<20} rep {rep + 1}: {m.throughput_rps:9.1f} req/s"
+                        f"  p50 {m.p50_ms:8.2f} ms  errors {m.errors}"
+                        + (
+                            f"  CPU/req {m.loop_cpu_us_per_request:.1f} us loop, {m.cpu_us_per_request:.1f} us all"
+                            if m.cpu_us_per_request is not None and m.loop_cpu_us_per_request is not None
+                            else ""
+                        ),
+                    )
+    return results
+
+
+GIL_SWEEP_BACKGROUND = (1, 2, 4, 8)
+"""Concurrent /cpu?ms=10 requests of the --gil-sweep."""
+
+
+def gil_sweep(settings: Settings, pool: ServerPool) -> dict[str, dict[str, dict]]:
+    """p50/p99 of /hello (1 in flight) while 1, 2, 4, 8 `/cpu?ms=10` requests run, on real FastAPI
+    and the emulated thread-pool mode (1 process): how the GIL convoy grows with the number of
+    pool threads that want the GIL."""
+    out: dict[str, dict[str, dict]] = {}
+    for background in GIL_SWEEP_BACKGROUND:
+        scenario = Scenario(f"gil_sweep_{background}", 1, "/hello", 1, f"/cpu?ms={CPU_MS}", background)
+        for impl in ("fastapi", "emulated-thread-pool"):
+            runs = [run_scenario(settings, pool.servers[(impl, 1)], scenario, rep) for rep in range(settings.repetitions)]
+            m = median_measurement(runs)
+            out.setdefault(impl, {})[str(background)] = {"p50_ms": m.p50_ms, "p99_ms": m.p99_ms}
+            log(settings, f"  {impl:<22} /hello with {background} x /cpu: p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms")
+    return out
+
+
+def render_gil_sweep(sweep: dict[str, dict[str, dict]]) -> str:
+    """The --gil-sweep table (Markdown): p50 / p99 of /hello in ms per number of /cpu requests."""
+    header = "| concurrent `/cpu?ms=10` | " + " | ".join(str(b) for b in GIL_SWEEP_BACKGROUND) + " |"
+    lines = [header, "|---|" + "---|" * len(GIL_SWEEP_BACKGROUND)]
+    for impl, label in (("fastapi", "real FastAPI"), ("emulated-thread-pool", "emulated thread-pool")):
+        cells = []
+        for b in GIL_SWEEP_BACKGROUND:
+            v = sweep.get(impl, {}).get(str(b))
+            cells.append(f"{_fmt(v['p50_ms'])} / {_fmt(v['p99_ms'])}" if v else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def costs_of(summary: dict[str, dict[str, Measurement]]) -> dict[str, dict[str, dict]]:
+    """{implementation: {cost scenario: {loop_cpu_us_per_request, cpu_us_per_request,
+    throughput_rps}}} from summarised measurements (None where a figure is missing)."""
+    out: dict[str, dict[str, dict]] = {}
+    for impl, by in summary.items():
+        out[impl] = {}
+        for scenario in COST_SCENARIOS:
+            m = by.get(scenario.name)
+            out[impl][scenario.name] = {
+                "loop_cpu_us_per_request": m.loop_cpu_us_per_request if m else None,
+                "cpu_us_per_request": m.cpu_us_per_request if m else None,
+                "throughput_rps": m.throughput_rps if m else None,
+            }
+    return out
+
+
+def summarise(results: dict[str, dict[str, list[Measurement]]]) -> dict[str, dict[str, Measurement]]:
+    return {impl: {name: median_measurement(runs) for name, runs in by.items()} for impl, by in results.items()}
+
+
+def find_workload_bin(given: str | None) -> Path:
+    """--workload-bin, else $LOOPSCALE_WORKLOAD_BIN, else target/release/loopscale-workload, built
+    with cargo if missing. Never the debug build by default: its emulated server spends several
+    times the CPU per request of the release build, which would skew the proposal."""
+    for candidate in (given, os.environ.get("LOOPSCALE_WORKLOAD_BIN")):
+        if candidate:
+            path = Path(candidate)
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise SystemExit(f"loopscale-workload binary not found or not executable: {path}")
+            return path
+    path = rs.REPO / "target" / "release" / "loopscale-workload"
+    if path.is_file():
+        return path
+    if shutil.which("cargo") is None:
+        raise SystemExit("no target/release/loopscale-workload and no cargo to build it; pass --workload-bin")
+    print("building loopscale-workload (cargo build --release -j 2)...", file=sys.stderr, flush=True)
+    subprocess.run(["cargo", "build", "--release", "-j", "2", "-p", "loopscale-workload"], cwd=rs.REPO, check=True)
+    return path
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="calibrate",
+        description="Compare loopscale's emulation with real Express and FastAPI and propose "
+        "LOOPSCALE_REQUEST_OVERHEAD_US for each mode.",
+    )
+    parser.add_argument("--quick", action="store_true", help="short runs, 1 repetition (CI): about 3 minutes")
+    parser.add_argument("--duration", type=float, help="measured seconds per run (default 4, quick 2)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per run (default 1, quick 0.5)")
+    parser.add_argument("--repetitions", type=int, help="runs per scenario, median taken (default 3, quick 1)")
+    parser.add_argument("--prime", type=float, help="seconds of /hello load on each new server before measuring (default 5, quick 2)")
+    parser.add_argument(
+        "--gil-sweep",
+        action="store_true",
+        help="also measure /hello while 1, 2, 4, 8 /cpu requests run on FastAPI and the emulated thread-pool mode",
+    )
+    parser.add_argument("--json", default="calibration.json", help="where to write the results (default calibration.json)")
+    parser.add_argument("--workload-bin", help="the loopscale-workload binary (default: $LOOPSCALE_WORKLOAD_BIN, else target/release, built if missing)")
+    parser.add_argument("--overhead-event-loop-us", type=int, help="use this overhead for event-loop mode instead of proposing one")
+    parser.add_argument("--overhead-thread-pool-us", type=int, help="use this overhead for thread-pool mode instead of proposing one")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        help="give calibrate (with its load generators) and each server its own scheduler autogroup "
+        "at this nice value (e.g. -10; negative needs root), so that other sessions' jobs on a shared "
+        "machine disturb the measurement less",
+    )
+    parser.add_argument("--work-dir", help="keep load reports and server logs here (default: a temporary folder)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    args.duration = args.duration if args.duration is not None else (2.0 if args.quick else 4.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
+    args.repetitions = args.repetitions if args.repetitions is not None else (1 if args.quick else 3)
+    args.prime = args.prime if args.prime is not None else (2.0 if args.quick else 5.0)
+    if args.duration <= 0 or args.warmup < 0 or args.repetitions < 1 or args.prime <= 0:
+        parser.error("--duration and --prime must be > 0, --warmup >= 0 and --repetitions >= 1")
+    for name in ("overhead_event_loop_us", "overhead_thread_pool_us"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0")
+    return args
+
+
+def check_installed() -> None:
+    if not (rs.EXPRESS_DIR / "node_modules" / "express").is_dir() or not rs.FASTAPI_PYTHON.is_file():
+        raise SystemExit(
+            "the reference servers are not installed: run workload/reference/test first "
+            "(npm ci in express/, a venv with requirements.txt in fastapi/.venv)"
+        )
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    check_installed()
+    if args.nice is not None:
+        if not -20 <= args.nice <= 19:
+            raise SystemExit(f"--nice must be in -20..=19, got {args.nice}")
+        try:
+            if os.getsid(0) != os.getpid():
+                os.setsid()
+            # The load generators stay in this session, so in this autogroup.
+            rs.set_autogroup_nice(os.getpid(), args.nice)
+        except OSError as err:
+            raise SystemExit(f"--nice {args.nice}: {err.strerror} (negative values need root)")
+    load_bin = find_workload_bin(args.workload_bin)
+    with tempfile.TemporaryDirectory(prefix="loopscale-calibrate-") as tmp:
+        work_dir = Path(args.work_dir) if args.work_dir else Path(tmp)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        settings = Settings(
+            args.warmup,
+            args.duration,
+            args.repetitions,
+            work_dir,
+            load_bin,
+            prime=args.prime,
+            nice=args.nice,
+            verbose=not args.quiet,
+        )
+        return run_calibration(args, settings)
+
+
+def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
+    started = time.time()
+    load_before = os.getloadavg()
+    emulations = list(MODE_OF)
+    given = {"event-loop": args.overhead_event_loop_us, "thread-pool": args.overhead_thread_pool_us}
+
+    reals = [real for real, _ in PAIRS]
+    with ServerPool(settings) as pool:
+        log(settings, "starting the real servers (1 and 2 processes) and priming them")
+        for impl in reals:
+            for processes in (1, 2):
+                pool.start(impl, processes)
+
+        # 1. The cost of one request: the real runtimes, and the emulation with no overhead.
+        log(settings, "step 1: CPU cost per request (emulation with LOOPSCALE_REQUEST_OVERHEAD_US=0)")
+        for emulated in emulations:
+            pool.start(emulated, 1, {m: 0 for m in given})
+        baseline = summarise(measure(settings, pool, list(rs.IMPLEMENTATIONS), COST_SCENARIOS))
+        for emulated in emulations:
+            pool.stop(emulated, 1)
+        baseline_costs = costs_of(baseline)
+        proposal: dict[str, int | None] = {}
+        for real, emulated in PAIRS:
+            mode = MODE_OF[emulated]
+            proposal[mode] = propose_overhead_us(
+                baseline_costs[real][PROPOSAL_SCENARIO]["loop_cpu_us_per_request"],
+                baseline_costs[emulated][PROPOSAL_SCENARIO]["loop_cpu_us_per_request"],
+            )
+        used = {mode: given[mode] if given[mode] is not None else (proposal[mode] or 0) for mode in given}
+        log(settings, f"proposed overhead (us): {proposal}; using {used}")
+
+        # 2. Every scenario on the real runtimes and on the emulation with that overhead.
+        log(settings, "step 2: shape scenarios (emulation with the overhead)")
+        for emulated in emulations:
+            for processes in (1, 2):
+                pool.start(emulated, processes, used)
+        final = summarise(measure(settings, pool, list(rs.IMPLEMENTATIONS), SCENARIOS))
+        sweep = None
+        if args.gil_sweep:
+            log(settings, "GIL sweep: /hello while 1, 2, 4, 8 /cpu requests run (thread-pool)")
+            sweep = gil_sweep(settings, pool)
+    metrics = {impl: shape_metrics(final[impl]) for impl in rs.IMPLEMENTATIONS}
+    costs = costs_of(final)
+    comparisons = compare(metrics)
+    table = render_table(comparisons, costs, used)
+
+    result = {
+        "version": CALIBRATION_VERSION,
+        "created_unix": started,
+        "elapsed_secs": time.time() - started,
+        "settings": {
+            "quick": bool(args.quick),
+            "warmup_secs": settings.warmup,
+            "duration_secs": settings.duration,
+            "repetitions": settings.repetitions,
+            "prime_secs": settings.prime,
+            "autogroup_nice": settings.nice,
+            "cpu_ms": CPU_MS,
+            "io_ms": IO_MS,
+            "io_concurrency": IO_CONCURRENCY,
+            "cpu_concurrency": CPU_CONCURRENCY,
+            "tolerance": TARGET_TOLERANCE,
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "workload_bin": str(settings.load_bin),
+        },
+        "shape_metric_definitions": SHAPE_METRICS,
+        "proposal_scenario": PROPOSAL_SCENARIO,
+        "baseline_costs": baseline_costs,
+        "proposed_overhead_us": proposal,
+        "used_overhead_us": used,
+        "costs": costs,
+        "shape_metrics": metrics,
+        "comparisons": [asdict(c) for c in comparisons],
+        "measurements": {impl: {name: asdict(m) for name, m in by.items()} for impl, by in final.items()},
+        "table": table,
+        "gil_sweep": sweep,
+    }
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+    if sweep is not None:
+        print("\np50 / p99 of /hello (ms) while N /cpu?ms=10 requests run, 1 process:\n")
+        print(render_gil_sweep(sweep))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

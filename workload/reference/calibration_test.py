@@ -1,0 +1,226 @@
+"""Unit tests of the calibration's pure computations (no servers, no load), plus the CPU sampler
+on a real child process. Prints a PASS/FAIL line per test; exits 1 on any failure.
+
+    python3 calibration_test.py
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import unittest
+
+import calibration as cal
+
+
+def measurement(scenario: str, rps: float, p50: float = 1.0, impl: str = "x", cpu: float | None = None, ok: int = 1000) -> cal.Measurement:
+    loop_cpu = None if cpu is None else cpu / 2
+    return cal.Measurement(scenario, impl, rps, p50, p50 * 2, ok, 0, 1.0, cpu, loop_cpu)
+
+
+class ShapeMetrics(unittest.TestCase):
+    def test_ratios_from_scenarios(self) -> None:
+        by = {
+            "cpu_p1": measurement("cpu_p1", 100.0),
+            "cpu_p2": measurement("cpu_p2", 190.0),
+            "cpu_inline_p1": measurement("cpu_inline_p1", 105.0),
+            "hello_alone": measurement("hello_alone", 5000.0, p50=0.2),
+            "hello_under_cpu": measurement("hello_under_cpu", 80.0, p50=12.0),
+            "io_high_concurrency": measurement("io_high_concurrency", 4100.0),
+        }
+        m = cal.shape_metrics(by)
+        self.assertAlmostEqual(m["cpu_scaling_2p_over_1p"], 1.9)
+        self.assertAlmostEqual(m["cpu_inline_over_cpu"], 1.05)
+        self.assertAlmostEqual(m["hello_slowdown_under_cpu"], 60.0)
+        self.assertAlmostEqual(m["io_throughput_rps"], 4100.0)
+        self.assertEqual(set(m), set(cal.SHAPE_METRICS))
+
+    def test_missing_or_zero_gives_none_not_a_crash(self) -> None:
+        m = cal.shape_metrics({"cpu_p2": measurement("cpu_p2", 10.0), "cpu_p1": measurement("cpu_p1", 0.0)})
+        self.assertIsNone(m["cpu_scaling_2p_over_1p"])
+        self.assertIsNone(m["hello_slowdown_under_cpu"])
+        self.assertIsNone(m["io_throughput_rps"])
+
+
+class Proposal(unittest.TestCase):
+    def test_difference_of_cpu_costs(self) -> None:
+        self.assertEqual(cal.propose_overhead_us(85.4, 20.0), 65)
+
+    def test_never_negative(self) -> None:
+        self.assertEqual(cal.propose_overhead_us(10.0, 30.0), 0)
+
+    def test_unknown_cost(self) -> None:
+        self.assertIsNone(cal.propose_overhead_us(None, 30.0))
+        self.assertIsNone(cal.propose_overhead_us(50.0, None))
+
+
+class Compare(unittest.TestCase):
+    def metrics(self, real: float, emulated: float) -> dict:
+        return {
+            "express": {"cpu_scaling_2p_over_1p": real},
+            "emulated-event-loop": {"cpu_scaling_2p_over_1p": emulated},
+        }
+
+    def find(self, comparisons, real: str, metric: str) -> cal.Comparison:
+        return next(c for c in comparisons if c.real == real and c.metric == metric)
+
+    def test_tolerance_edges(self) -> None:
+        for emulated, within in ((1.25, True), (1.26, False), (0.75, True), (0.74, False), (1.0, True)):
+            c = self.find(cal.compare(self.metrics(1.0, emulated)), "express", "cpu_scaling_2p_over_1p")
+            self.assertAlmostEqual(c.ratio, emulated)
+            self.assertEqual(c.within_target, within, emulated)
+
+    def test_every_metric_of_both_pairs_and_none_when_missing(self) -> None:
+        comparisons = cal.compare(self.metrics(2.0, 1.9))
+        self.assertEqual(len(comparisons), 2 * len(cal.SHAPE_METRICS))
+        missing = self.find(comparisons, "fastapi", "io_throughput_rps")
+        self.assertIsNone(missing.ratio)
+        self.assertIsNone(missing.within_target)
+
+    def test_table_has_a_row_per_metric_and_the_proposal(self) -> None:
+        costs = {"express": {"io_cost": {"loop_cpu_us_per_request": 300.0}}, "emulated-event-loop": {"io_cost": {"loop_cpu_us_per_request": 150.0}}}
+        table = cal.render_table(cal.compare(self.metrics(2.0, 1.0)), costs, {"event-loop": 60, "thread-pool": None})
+        self.assertIn("| CPU us per /io?ms=1 on the event-loop thread | 300 | 150 | 0.50 |", table)
+        for metric in cal.SHAPE_METRICS:
+            self.assertIn(f"| {metric} |", table)
+        self.assertIn("0.50 OFF", table)
+        self.assertIn("event-loop = 60", table)
+
+
+class Groups(unittest.TestCase):
+    def test_every_scenario_in_exactly_one_group_and_ratio_sides_together(self) -> None:
+        grouped = [name for group in cal.SCENARIO_GROUPS for name in group]
+        self.assertEqual(sorted(grouped), sorted(s.name for s in cal.SCENARIOS))
+        group_of = {name: i for i, group in enumerate(cal.SCENARIO_GROUPS) for name in group}
+        for a, b in (("cpu_p1", "cpu_p2"), ("hello_alone", "hello_under_cpu"), ("cpu_p1", "cpu_inline_p1")):
+            self.assertEqual(group_of[a], group_of[b], (a, b))
+
+
+class GilSweepTable(unittest.TestCase):
+    def test_cells_and_missing(self) -> None:
+        sweep = {"fastapi": {"1": {"p50_ms": 0.46, "p99_ms": 10.4}}}
+        table = cal.render_gil_sweep(sweep)
+        self.assertIn("| real FastAPI | 0.46 / 10.40 | - | - | - |", table)
+        self.assertIn("| emulated thread-pool | - | - | - | - |", table)
+
+
+class Costs(unittest.TestCase):
+    def test_costs_of_every_cost_scenario(self) -> None:
+        summary = {"express": {"io_cost": measurement("io_cost", 3000.0, cpu=0.9, ok=3000)}}
+        costs = cal.costs_of(summary)
+        self.assertAlmostEqual(costs["express"]["io_cost"]["cpu_us_per_request"], 300.0)
+        self.assertAlmostEqual(costs["express"]["io_cost"]["loop_cpu_us_per_request"], 150.0)
+        self.assertIsNone(costs["express"]["hello_cost"]["cpu_us_per_request"])
+        self.assertIn(cal.PROPOSAL_SCENARIO, {s.name for s in cal.COST_SCENARIOS})
+
+
+class Medians(unittest.TestCase):
+    def test_median_per_field(self) -> None:
+        runs = [
+            measurement("hello_cost", 100.0, p50=1.0, cpu=0.10, ok=1000),  # 100 us/req
+            measurement("hello_cost", 300.0, p50=9.0, cpu=0.40, ok=2000),  # 200 us/req
+            measurement("hello_cost", 200.0, p50=2.0, cpu=0.90, ok=3000),  # 300 us/req
+        ]
+        m = cal.median_measurement(runs)
+        self.assertEqual(m.throughput_rps, 200.0)
+        self.assertEqual(m.p50_ms, 2.0)
+        self.assertAlmostEqual(m.cpu_us_per_request, 200.0)
+        self.assertAlmostEqual(m.loop_cpu_us_per_request, 100.0)
+
+    def test_no_cpu_sample(self) -> None:
+        m = cal.median_measurement([measurement("cpu_p1", 1.0), measurement("cpu_p1", 3.0)])
+        self.assertIsNone(m.cpu_us_per_request)
+        self.assertEqual(m.throughput_rps, 2.0)
+
+
+class LoadCommand(unittest.TestCase):
+    def test_closed_model_flags_of_the_contract(self) -> None:
+        argv = cal.load_argv(cal.Path("/bin/lw"), 8123, "/cpu?ms=10", 8, 0.5, 1.25, cal.Path("/tmp/r.json"))
+        self.assertEqual(argv[:2], ["/bin/lw", "load"])
+        flags = dict(zip(argv[2::2], argv[3::2]))
+        self.assertEqual(
+            flags,
+            {
+                "--target": "http://127.0.0.1:8123",
+                "--model": "closed",
+                "--concurrency": "8",
+                "--connections": "8",
+                "--warmup": "500ms",
+                "--duration": "1250ms",
+                "--timeout": "30s",
+                "--path": "/cpu?ms=10",
+                "--report": "/tmp/r.json",
+            },
+        )
+
+    def test_quick_defaults_and_bad_flags(self) -> None:
+        args = cal.parse_args(["--quick"])
+        self.assertEqual((args.duration, args.warmup, args.repetitions, args.prime), (2.0, 0.5, 1, 2.0))
+        args = cal.parse_args([])
+        self.assertEqual((args.duration, args.warmup, args.repetitions, args.prime), (4.0, 1.0, 3, 5.0))
+        with open(os.devnull, "w") as devnull:
+            stderr, sys.stderr = sys.stderr, devnull
+            try:
+                for bad in (["--duration", "0"], ["--repetitions", "0"], ["--prime", "0"], ["--overhead-event-loop-us", "-5"]):
+                    with self.assertRaises(SystemExit):
+                        cal.parse_args(bad)
+            finally:
+                sys.stderr = stderr
+
+
+class CpuDelta(unittest.TestCase):
+    def test_total_and_busiest_thread(self) -> None:
+        before = {(1, 1): 2.0, (1, 2): 0.5, (3, 3): 1.0}
+        after = {(1, 1): 3.5, (1, 2): 0.7, (3, 3): 1.1, (3, 9): 0.3}  # (3, 9) was born in between
+        total, busiest = cal.cpu_delta(before, after)
+        self.assertAlmostEqual(total, 1.5 + 0.2 + 0.1 + 0.3)
+        self.assertAlmostEqual(busiest, 1.5)
+        self.assertEqual(cal.cpu_delta({}, {}), (0.0, 0.0))
+
+
+class CpuSampler(unittest.TestCase):
+    def test_counts_a_busy_child_group(self) -> None:
+        burn = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.4: pass\ntime.sleep(5)"
+        proc = subprocess.Popen([sys.executable, "-c", burn], start_new_session=True)
+        try:
+            deadline = time.monotonic() + 20
+            cpu = 0.0
+            while time.monotonic() < deadline:
+                cpu = cal.process_group_cpu_secs(proc.pid)
+                if cpu >= 0.4:
+                    break
+                time.sleep(0.1)
+            self.assertGreaterEqual(cpu, 0.4)
+            self.assertLess(cpu, 2.0)
+            self.assertEqual(cal.process_group_cpu_secs(2**22 + 12345), 0.0)
+            threads = cal.process_group_thread_cpu(proc.pid)
+            self.assertIn((proc.pid, proc.pid), threads)
+            self.assertGreaterEqual(threads[(proc.pid, proc.pid)], 0.4)
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+class PassFailResult(unittest.TextTestResult):
+    """One PASS/FAIL line per test, the format ./test counts."""
+
+    def addSuccess(self, test) -> None:
+        super().addSuccess(test)
+        print(f"PASS calibration unit {test.id().split('.', 1)[1]}", flush=True)
+
+    def addFailure(self, test, err) -> None:
+        super().addFailure(test, err)
+        print(f"FAIL calibration unit {test.id().split('.', 1)[1]}: {self._exc_info_to_string(err, test)}", flush=True)
+
+    def addError(self, test, err) -> None:
+        super().addError(test, err)
+        print(f"FAIL calibration unit {test.id().split('.', 1)[1]}: {self._exc_info_to_string(err, test)}", flush=True)
+
+
+if __name__ == "__main__":
+    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
+    with open(os.devnull, "w") as quiet:
+        result = unittest.TextTestRunner(stream=quiet, resultclass=PassFailResult, verbosity=0).run(suite)
+    sys.exit(0 if result.wasSuccessful() and result.testsRun > 0 else 1)
