@@ -1,18 +1,37 @@
-# The one test command the README gives and .ci/run calls.
-.PHONY: test lint unit scripts dashboards
+# `make test` is the one test command: the README gives it and .ci/run calls it. It runs every
+# layer of DESIGN.md's testing plan, cheapest first:
+#   lint          rustfmt, clippy (also with the control-plane feature), shellcheck
+#   unit          cargo test: unit tests, data-plane tests with real processes and sockets,
+#                 the quick.yaml end-to-end run, the HTML report in headless Chromium, chart checks
+#   dashboards    every dashboard query against a real Prometheus scraping a real `loopscale run`
+#   reference     real Express and FastAPI installed from the registries, route and parity checks,
+#                 a quick calibration run
+#   control-plane the operator and chart on a real API server + controller manager + scheduler +
+#                 kwok built from Kubernetes' Go modules (deploy/testenv), started and stopped here
+.PHONY: test lint scripts testenv-build unit dashboards reference control-plane-test
 
-test: lint scripts unit dashboards
+test: lint scripts testenv-build unit dashboards reference control-plane-test
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p loopscale --all-targets --features control-plane -- -D warnings
 
-unit:
-	cargo test --workspace
-
-# Shell scripts that cannot run here (kind needs a container engine) are at least shellcheck-clean.
+# Every shell script, including those that cannot run here (kind needs a container engine).
 scripts:
-	shellcheck deploy/kind/up.sh deploy/kind/down.sh dashboards/sync-chart
+	shellcheck deploy/kind/up.sh deploy/kind/down.sh dashboards/sync-chart \
+	  deploy/testenv/build deploy/testenv/up deploy/testenv/down deploy/testenv/smoke-test \
+	  deploy/crd/check-against-apiserver workload/reference/test \
+	  workload/bench/serve.sh workload/bench/load.sh
+
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, etcd and helm from
+# deploy/testenv/go.mod (skipped when deploy/testenv/bin matches it). The chart tests in `unit`
+# use its helm.
+testenv-build:
+	deploy/testenv/build
+
+unit: testenv-build
+	cargo test --workspace
 
 # Every dashboard query against a real Prometheus scraping a real local `loopscale run`
 # (Debian's prometheus and promtool; about two minutes).
@@ -20,19 +39,27 @@ dashboards:
 	cargo build -j 2 -p loopscale -p loopscale-workload
 	dashboards/test/check-dashboards
 
-# Control-plane tests of the operator and chart (operator/tests/cluster_*.rs) on the real
-# control plane of deploy/testenv: build (skipped when bin/ is current), up, lint the chart,
-# run the tests, and always down. Ports: deploy/testenv/README.md (TESTENV_*_PORT).
-.PHONY: control-plane-test
-control-plane-test:
-	deploy/testenv/build
-	cargo build -p loopscale-workload   # the stand-in runs the real load generator
+# The quick calibration only checks that every shape metric is measured for all four
+# implementations, so the debug build (hot crates optimised, see Cargo.toml) is enough here;
+# real calibrations use the release build (workload/reference/README.md).
+reference:
+	cargo build -j 2 -p loopscale-workload
+	LOOPSCALE_WORKLOAD_BIN="$(CURDIR)/target/debug/loopscale-workload" workload/reference/test --calibrate
+
+# Control-plane tests on the real control plane of deploy/testenv: up, the smoke test, the CRD
+# and every invalid manifest against the API server, helm lint, the operator's cluster tests,
+# and always down. Ports: deploy/testenv/README.md (TESTENV_*_PORT).
+control-plane-test: testenv-build
+	cargo build -j 2 -p loopscale -p loopscale-workload   # the stand-in runs the real load generator
 	deploy/testenv/up
 	status=0; \
 	export KUBECONFIG="$(CURDIR)/deploy/testenv/run/kubeconfig"; \
-	deploy/testenv/bin/helm lint --strict charts/loopscale \
+	export PATH="$(CURDIR)/deploy/testenv/bin:$$PATH"; \
+	deploy/testenv/smoke-test \
+	&& deploy/crd/check-against-apiserver \
+	&& deploy/testenv/bin/helm lint --strict charts/loopscale \
 	&& cargo test -p loopscale --features control-plane \
 	     --test cluster_operator --test cluster_validation --test cluster_permissions \
 	|| status=$$?; \
-	deploy/testenv/down; \
+	deploy/testenv/down --keep-logs; \
 	exit $$status
