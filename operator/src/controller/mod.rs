@@ -323,7 +323,7 @@ async fn collect_reports(
         };
         let review = TokenReview {
             spec: TokenReviewSpec {
-                token: Some(token.to_string()),
+                token: token.to_string(),
                 audiences: Some(reports::review_audiences()),
             },
             ..Default::default()
@@ -437,7 +437,7 @@ async fn ensure_load_identity(ctx: &Context, ns: &str) -> Result<(), Error> {
             ..Default::default()
         },
         role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
             kind: "ClusterRole".into(),
             name: ctx.load_cluster_role.clone(),
         },

@@ -365,8 +365,8 @@ pub async fn pod_token(
     audience: Option<&str>,
 ) -> String {
     let req = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: audience.map(|a| vec![a.to_string()]).unwrap_or_default(),
+        spec: Some(TokenRequestSpec {
+            audiences: Some(audience.map(|a| vec![a.to_string()]).unwrap_or_default()),
             bound_object_ref: Some(BoundObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
@@ -374,7 +374,7 @@ pub async fn pod_token(
                 uid: pod.uid(),
             }),
             expiration_seconds: Some(3600),
-        },
+        }),
         ..Default::default()
     };
     let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
@@ -384,6 +384,7 @@ pub async fn pod_token(
         .status
         .unwrap()
         .token
+        .unwrap()
 }
 
 /// A real `loopscale-workload serve` on loopback: what the stand-in's generators load, since
