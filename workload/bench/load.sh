@@ -73,8 +73,14 @@ echo "connections $CONNECTIONS, ${DURATION}s per run, $ROUNDS rounds, pinned: $P
 printf '%-6s %-20s %12s %10s %14s\n' round generator "req/s" "p50 ms" "cpu us/req"
 : >/tmp/loopscale-bench-wrk.rows; : >/tmp/loopscale-bench-ours.rows
 for round in $(seq "$ROUNDS"); do
-  w=$(run_wrk);  printf '%-6s %-20s %12s %10s %14s\n' "$round" wrk $w; echo "$w" >>/tmp/loopscale-bench-wrk.rows
-  o=$(run_ours); printf '%-6s %-20s %12s %10s %14s\n' "$round" loopscale-workload $o; echo "$o" >>/tmp/loopscale-bench-ours.rows
+  w=$(run_wrk)
+  # shellcheck disable=SC2086 # the row splits into printf fields on purpose
+  printf '%-6s %-20s %12s %10s %14s\n' "$round" wrk $w
+  echo "$w" >>/tmp/loopscale-bench-wrk.rows
+  o=$(run_ours)
+  # shellcheck disable=SC2086 # the row splits into printf fields on purpose
+  printf '%-6s %-20s %12s %10s %14s\n' "$round" loopscale-workload $o
+  echo "$o" >>/tmp/loopscale-bench-ours.rows
 done
 
 # best = the row with the highest throughput; median of each column separately.

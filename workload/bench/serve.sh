@@ -15,6 +15,7 @@ cd "$(dirname "$0")/../.."
 # On a shared machine, run in an own scheduler autogroup at nice -10 (root only), so other
 # sessions' builds disturb the comparison less; both servers and wrk share the group.
 if [ "$(id -u)" = 0 ] && [ -z "${LOOPSCALE_BENCH_GROUP:-}" ] && command -v setsid >/dev/null; then
+  # shellcheck disable=SC2016 # the single-quoted script is for the inner bash
   exec setsid env LOOPSCALE_BENCH_GROUP=1 bash -c 'echo -10 > /proc/self/autogroup 2>/dev/null || true; exec "$0" "$@"' "$0" "$@"
 fi
 
