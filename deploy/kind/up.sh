@@ -88,7 +88,7 @@ loopscale is running on kind cluster "${cluster}".
               dashboards: loopscale / Scaling comparison, Live run, Operator health
   Prometheus: http://localhost:9090
 Run an experiment:
-  kubectl apply -f ${root#"${PWD}"/}/deploy/examples/experiment.yaml
+  kubectl apply -f ${root#"${PWD}"/}/deploy/examples/quick.yaml
   kubectl get experiments -w
 Remove everything: deploy/kind/down.sh
 DONE
