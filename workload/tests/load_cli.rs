@@ -1,21 +1,17 @@
 //! The generator's command line as a user meets it: bad input, env vars, live metrics checked
 //! by promtool, the terminal-only progress line, early stop by signal, and `merge`.
 
-mod test_servers;
+mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use loopscale_workload::report::{merge, Report};
-use test_servers::{
-    read_report, run_generator, run_generator_with_env, serial, start, temp_report, wait_bounded,
-    Behavior,
-};
-
-fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_loopscale-workload")
-}
+use support::load::{read_report, run_generator, run_generator_with_env, temp_report};
+use support::metrics::{promtool_check, scrape};
+use support::stub_servers::{start, Behavior};
+use support::{serial, wait_bounded, workload_binary, workload_command};
 
 #[test]
 fn bad_input_exits_2_and_names_the_flag() {
@@ -191,45 +187,13 @@ fn env_vars_configure_a_run() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("throughput"));
 }
 
-/// Scrapes `/metrics` with a plain HTTP/1.0 request.
-fn scrape(addr: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read metrics");
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: text/plain"),
-        "{head}"
-    );
-    body.to_string()
-}
-
-fn metric_value(exposition: &str, series: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{exposition}"))
-}
-
 #[test]
 fn live_metrics_pass_promtool_and_agree_with_the_report() {
     let _serial = serial();
     let server = start(Behavior::Fast);
     let path = temp_report("metrics.json");
-    let mut child = Command::new(binary())
+    let mut child = workload_command("load")
         .args([
-            "load",
             "--target",
             &server.url(),
             "--rate",
@@ -243,9 +207,6 @@ fn live_metrics_pass_promtool_and_agree_with_the_report() {
             "--report",
             path.to_str().unwrap(),
         ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
@@ -258,39 +219,29 @@ fn live_metrics_pass_promtool_and_agree_with_the_report() {
         .unwrap_or_else(|| panic!("unexpected first line: {line}"))
         .to_string();
     std::thread::sleep(Duration::from_millis(1500));
-    let live = scrape(&addr);
-
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package `prometheus`) must be installed");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(live.as_bytes())
-        .unwrap();
-    let checked = wait_bounded(promtool, Duration::from_secs(20));
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}\n{live}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    let live = scrape(addr.parse().expect("a socket address"));
+    if let Err(why) = promtool_check(live.text()) {
+        panic!("promtool check metrics: {why}\n{}", live.text());
+    }
     for name in [
         "loopscale_load_requests_total",
         "loopscale_load_request_duration_seconds_bucket",
         "loopscale_load_in_flight",
         "loopscale_load_dropped_total",
     ] {
-        assert!(live.contains(name), "{name} missing:\n{live}");
+        assert!(
+            live.text().contains(name),
+            "{name} missing:\n{}",
+            live.text()
+        );
     }
-    let ok_live = metric_value(&live, "loopscale_load_requests_total{outcome=\"ok\"}");
-    assert!(ok_live > 50.0, "requests counted while running:\n{live}");
-    assert_eq!(metric_value(&live, "loopscale_load_measuring"), 1.0);
+    let ok_live = live.sum("loopscale_load_requests_total", &[("outcome", "ok")]);
+    assert!(
+        ok_live > 50.0,
+        "requests counted while running:\n{}",
+        live.text()
+    );
+    assert_eq!(live.sum("loopscale_load_measuring", &[]), 1.0);
 
     let output = wait_bounded(child, Duration::from_secs(20));
     assert!(output.status.success(), "{output:?}");
@@ -323,7 +274,8 @@ fn progress_line_only_on_a_terminal() {
         "progress drawn without a terminal: {stderr:?}"
     );
     // On a pseudo-terminal (util-linux `script`): the live line shows.
-    let command = std::iter::once(binary())
+    let binary = workload_binary();
+    let command = std::iter::once(binary.as_str())
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
         .join(" ");
@@ -352,9 +304,8 @@ fn sigterm_ends_the_window_early_and_still_reports() {
     let _serial = serial();
     let server = start(Behavior::Fast);
     let path = temp_report("stopped.json");
-    let child = Command::new(binary())
+    let child = workload_command("load")
         .args([
-            "load",
             "--target",
             &server.url(),
             "--rate",
@@ -366,9 +317,6 @@ fn sigterm_ends_the_window_early_and_still_reports() {
             "--report",
             path.to_str().unwrap(),
         ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
     std::thread::sleep(Duration::from_millis(1500));

@@ -2,14 +2,16 @@
 //! is reported as such, a stall shows up in the open model's percentiles (coordinated
 //! omission), and the open model holds its rate. Serialized: they measure time.
 
-mod test_servers;
+mod support;
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use test_servers::{read_report, run_generator, serial, start, temp_report, Behavior, TestServer};
+use support::load::{read_report, run_generator, temp_report};
+use support::serial;
+use support::stub_servers::{start, Behavior, TestServer};
 
 fn assert_success(output: &std::process::Output) {
     assert!(

@@ -1,10 +1,12 @@
 //! Connections over several targets, re-opening closed connections, and dead targets.
 
-mod test_servers;
+mod support;
 
 use std::time::Duration;
 
-use test_servers::{closed_port, read_report, run_generator, serial, start, temp_report, Behavior};
+use support::load::{read_report, run_generator, temp_report};
+use support::stub_servers::{start, Behavior};
+use support::{free_port, serial};
 
 /// Two targets and 50 connections: each target gets 30–70 % of the requests. The servers close
 /// a connection after every 25th response, so the generator must re-open connections (each to a
@@ -64,7 +66,7 @@ fn two_targets_share_fifty_connections() {
 #[test]
 fn unreachable_target_is_counted_and_reported() {
     let _serial = serial();
-    let url = format!("http://127.0.0.1:{}", closed_port());
+    let url = format!("http://127.0.0.1:{}", free_port());
     let path = temp_report("unreachable.json");
     let output = run_generator(
         &[
@@ -101,7 +103,7 @@ fn unreachable_target_is_counted_and_reported() {
 #[test]
 fn closed_loops_against_a_dead_target_end_on_time() {
     let _serial = serial();
-    let url = format!("http://127.0.0.1:{}", closed_port());
+    let url = format!("http://127.0.0.1:{}", free_port());
     let path = temp_report("closed-unreachable.json");
     let started = std::time::Instant::now();
     let output = run_generator(
@@ -135,7 +137,7 @@ fn closed_loops_against_a_dead_target_end_on_time() {
 fn a_dead_target_among_live_ones_costs_only_connect_errors() {
     let _serial = serial();
     let live = start(Behavior::Fast);
-    let dead = format!("http://127.0.0.1:{}", closed_port());
+    let dead = format!("http://127.0.0.1:{}", free_port());
     let path = temp_report("half-dead.json");
     let targets = format!("{},{dead}", live.url());
     let output = run_generator(
@@ -171,7 +173,7 @@ fn a_dead_target_among_live_ones_costs_only_connect_errors() {
 #[test]
 fn requests_after_a_target_dies_are_errors() {
     let _serial = serial();
-    let port = closed_port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     // A server that accepts for 1 s, then closes its listener and every connection.
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind the port");

@@ -1,32 +1,10 @@
 //! Bad settings stop `serve` before it serves anything: exit code 2 and a message naming the
 //! variable and the allowed values.
 
-use std::process::Command;
+mod support;
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn serve(env: &[(&str, &str)], port: u16) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loopscale-workload"));
-    cmd.arg("serve");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LOOPSCALE_") || k == "PORT" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("LOOPSCALE_HOST", "127.0.0.1")
-        .env("PORT", port.to_string());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run loopscale-workload serve")
-}
+use support::free_port;
+use support::serve::serve_output as serve;
 
 #[test]
 fn missing_or_unknown_mode_exits_2_naming_the_allowed_values_and_serves_nothing() {

@@ -1,26 +1,15 @@
-//! Small HTTP servers on loopback for the load generator's integration tests, and a runner for
-//! the real `loopscale-workload` binary with a time bound.
-#![allow(dead_code)] // each test file uses a subset
+//! Small HTTP servers on loopback with a chosen behaviour (fast, delayed, stalling, closing,
+//! failing, silent): targets for the load generator's own tests.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::Router;
-
-/// Serializes the timing-sensitive tests of one test binary, so they do not compete for the
-/// machine's two cores.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// What a server does with each request.
 #[derive(Clone, Copy, Debug)]
@@ -210,67 +199,4 @@ fn start_silent_server() -> TestServer {
         requests,
         arrivals: Arc::new(Mutex::new(Vec::new())),
     }
-}
-
-/// A loopback port with nothing listening (bound, then released).
-pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    listener.local_addr().expect("addr").port()
-}
-
-/// Runs `loopscale-workload` with `args`, killing it (and failing the test) after `limit`.
-pub fn run_generator(args: &[&str], limit: Duration) -> Output {
-    run_generator_with_env(args, &[], limit)
-}
-
-/// Like [`run_generator`], with extra environment variables.
-pub fn run_generator_with_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
-    // LOOPSCALE_TEST_WORKLOAD_BIN points the tests at another build (e.g. release).
-    let binary = std::env::var("LOOPSCALE_TEST_WORKLOAD_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_loopscale-workload").to_string());
-    let mut command = Command::new(binary);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let child = command.spawn().expect("spawn loopscale-workload");
-    wait_bounded(child, limit)
-}
-
-/// Waits for a child with a time bound; kills it and panics when the bound passes.
-pub fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait().expect("try_wait") {
-            Some(_) => return child.wait_with_output().expect("output"),
-            None if Instant::now() > deadline => {
-                let _ = child.kill();
-                let output = child.wait_with_output().expect("output");
-                panic!(
-                    "loopscale-workload did not finish within {limit:?}; stderr:\n{}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-/// A fresh temporary file path for a report.
-pub fn temp_report(name: &str) -> std::path::PathBuf {
-    // Under target/tmp (cargo's scratch space for integration tests), one folder per run.
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("loopscale-load-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir.join(name)
-}
-
-/// Reads a report written by the generator.
-pub fn read_report(path: &std::path::Path) -> loopscale_workload::report::Report {
-    let text = std::fs::read_to_string(path).expect("report file written");
-    loopscale_workload::report::Report::from_json(&text).expect("valid report")
 }
