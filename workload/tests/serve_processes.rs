@@ -20,23 +20,29 @@ fn ms(n: u64) -> Duration {
 
 const WORKERS: [&str; 4] = ["0", "1", "2", "3"];
 
-/// Open file descriptors of each worker process (not the supervisor's), from one scrape.
-fn open_fds(scrape: &Samples) -> BTreeMap<String, f64> {
-    let mut fds = scrape.sum_by("process_open_fds", "worker", &[]);
+/// Open file descriptors of each worker process (not the supervisor's), from one scrape, less
+/// the scrape's own connection on the worker that answered it.
+fn worker_fds(server: &Server) -> BTreeMap<String, f64> {
+    let answer = server.get("/metrics");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let mut fds = Samples::parse(&answer.body).sum_by("process_open_fds", "worker", &[]);
     fds.remove("supervisor");
+    let answered_by = answer.header("x-loopscale-worker").expect("worker header");
+    *fds.get_mut(answered_by)
+        .expect("the answering worker's fds") -= 1.0;
     fds
 }
 
-/// Connections each worker took while a load ran: its open descriptors then minus before. Each
-/// scrape's own connection is open on the worker that answers it, so a count may be one off
-/// either way.
-fn connections_per_worker(before: &Samples, during: &Samples) -> BTreeMap<String, f64> {
-    let before = open_fds(before);
-    open_fds(during)
-        .into_iter()
+/// Connections each worker took between two [`worker_fds`] counts.
+fn connections_per_worker(
+    before: &BTreeMap<String, f64>,
+    during: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    during
+        .iter()
         .map(|(worker, fds)| {
-            let held = fds - before.get(&worker).copied().unwrap_or(f64::NAN);
-            (worker, held)
+            let held = fds - before.get(worker).copied().unwrap_or(f64::NAN);
+            (worker.clone(), held)
         })
         .collect()
 }
@@ -48,14 +54,14 @@ fn round_robin_spreads_100_connections_evenly_over_4_workers() {
         ("LOOPSCALE_MODE", "event-loop"),
         ("LOOPSCALE_PROCESSES", "4"),
     ]);
-    let before = server.scrape();
+    let before = worker_fds(&server);
     // 100 loops on 100 keep-alive connections; /io keeps every connection open and busy
     // without loading the CPU, so all 100 are held when the workers are counted.
     let load = Load::closed(&server.url(), "/io?ms=100", 100)
         .duration(ms(1500))
         .start();
     std::thread::sleep(ms(700));
-    let during = server.scrape();
+    let during = worker_fds(&server);
     let r = load.report();
     let connections = connections_per_worker(&before, &during);
     let requests = server.scrape().sum_by(
@@ -110,13 +116,13 @@ fn a_killed_worker_is_restarted_counted_and_the_others_keep_serving() {
     ]);
     let victim = 0;
     let victim_pid = server.worker_pids()[&victim];
-    let before = server.scrape();
+    let before = worker_fds(&server);
     // 8 connections, 2 per worker; /io?ms=20 keeps a request in flight on each almost always.
     let load = Load::closed(&server.url(), "/io?ms=20", 8)
         .duration(ms(3000))
         .start();
     std::thread::sleep(ms(500));
-    let on_victim = connections_per_worker(&before, &server.scrape())[&victim.to_string()];
+    let on_victim = connections_per_worker(&before, &worker_fds(&server))[&victim.to_string()];
     assert!(on_victim >= 1.0, "the victim holds {on_victim} connections");
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim_pid), Signal::SIGKILL).unwrap();
