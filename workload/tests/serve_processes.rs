@@ -7,7 +7,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use loopscale_workload::report::Report;
 use nix::sys::signal::Signal;
 use support::load::{assert_all_ok, Load};
 use support::metrics::{promtool_check, Samples};
@@ -211,7 +210,7 @@ fn sigterm_lets_100_in_flight_requests_finish_then_exits_0() {
         std::thread::sleep(ms(20));
     }
     server.signal(Signal::SIGTERM);
-    let r: Report = load.report();
+    let r = load.report();
     println!("drained: {:?}", r.summary);
     assert_eq!((r.summary.requests, r.summary.ok), (100, 100), "{r:?}");
     let status = server
