@@ -76,8 +76,9 @@ fn event_loop_cpu_10ms_is_bounded_by_one_core_and_blocks_the_loop() {
     assert_all_ok(&r);
     assert!((80.0..=105.0).contains(&rps), "{rps:.1} req/s");
     assert!(loaded >= 5.0, "probe p50 {loaded} ms");
-    // About 2.3 s of a fully busy loop: the lag probe's timer fired late by a large part of it.
-    assert!(lag >= 0.3, "event-loop lag sum {lag} s");
+    // About 2.3 s of a fully busy loop: the lag probe's timer fired late by most of it (a loop
+    // that hands `/cpu` to threads sees ~0.5 s of lag from CPU contention alone on 2 cores).
+    assert!(lag >= 1.0, "event-loop lag sum {lag} s");
 }
 
 #[test]
