@@ -20,6 +20,66 @@ use kube::Api;
 use loopscale::crd::{Experiment, Implementation, Mode, Outcome, Phase, StepKey};
 use loopscale::planner::plan;
 
+/// Wait for `name` to finish and require `Succeeded` (showing the operator's log otherwise).
+async fn wait_succeeded(
+    admin: &kube::Client,
+    ns: &str,
+    name: &str,
+    operator: &Operator,
+) -> Experiment {
+    let exp = wait_phase(
+        admin,
+        ns,
+        name,
+        &[Phase::Succeeded, Phase::Failed],
+        Duration::from_secs(180),
+    )
+    .await;
+    let status = exp.status.clone().unwrap();
+    assert_eq!(
+        status.phase,
+        Phase::Succeeded,
+        "{status:#?}\n{}",
+        operator.log_text()
+    );
+    exp
+}
+
+/// Each step's result is exactly the merge of the reports its `generators` load pods published
+/// (real `loopscale-workload load` runs; see StandIn). Returns each step's reports, in order.
+fn assert_results_merge_their_reports(
+    status: &loopscale::crd::ExperimentStatus,
+    delivered: &std::collections::BTreeMap<String, Delivered>,
+    generators: usize,
+) -> Vec<Vec<loopscale_workload::report::Report>> {
+    let mut out = Vec::new();
+    for (i, r) in status.results.iter().enumerate() {
+        let step = i as u32 + 1;
+        assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+        assert_eq!(r.generators as usize, generators);
+        let reports: Vec<_> = delivered
+            .values()
+            .filter(|d| d.step == step)
+            .map(|d| d.report.clone())
+            .collect();
+        assert_eq!(reports.len(), generators, "step {step}");
+        let expected = loopscale::results::measure(&reports).unwrap();
+        assert_eq!(r.requests, expected.requests, "{r:?}");
+        assert!(r.requests > 0 && r.error_ratio == 0.0, "{r:?}");
+        assert!(
+            (r.throughput_rps - expected.throughput_rps).abs() < 1e-9,
+            "{r:?} vs {expected:?}"
+        );
+        assert_eq!(r.latency_ms.p99, expected.latency_ms.p99);
+        eprintln!(
+            "step {step} ({}): {} req, {:.1} req/s, p99 {:.1} ms",
+            r.key, r.requests, r.throughput_rps, r.latency_ms.p99
+        );
+        out.push(reports);
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_lint_and_template_are_clean() {
     let chart = repo_root().join("charts/loopscale");
@@ -134,25 +194,12 @@ async fn an_experiment_runs_to_succeeded_in_a_restricted_namespace() {
     let operator = Operator::start();
     let stand_in = StandIn::start(admin.clone(), ns.clone());
     ok(&apply(&ns, &small_experiment("run", "")));
-    let exp = wait_phase(
-        &admin,
-        &ns,
-        "run",
-        &[Phase::Succeeded, Phase::Failed],
-        Duration::from_secs(180),
-    )
-    .await;
+    let exp = wait_succeeded(&admin, &ns, "run", &operator).await;
     eprintln!(
         "experiment of 4 steps: {:.1} s from apply to Succeeded",
         started.elapsed().as_secs_f64()
     );
     let status = exp.status.clone().unwrap();
-    assert_eq!(
-        status.phase,
-        Phase::Succeeded,
-        "{status:#?}\n{}",
-        operator.log_text()
-    );
     assert_eq!(status.results.len(), 4);
     let keys: Vec<StepKey> = status.results.iter().map(|r| r.key).collect();
     assert_eq!(
@@ -164,31 +211,7 @@ async fn an_experiment_runs_to_succeeded_in_a_restricted_namespace() {
     // (real `loopscale-workload load` runs against a real server on loopback; see StandIn).
     let delivered = stand_in.delivered.lock().unwrap().clone();
     assert_eq!(delivered.len(), 8, "two generators per step: {delivered:?}");
-    for (i, r) in status.results.iter().enumerate() {
-        assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
-        assert_eq!(r.generators, 2);
-        let reports: Vec<_> = delivered
-            .values()
-            .filter(|d| d.step == i as u32 + 1)
-            .map(|d| d.report.clone())
-            .collect();
-        assert_eq!(reports.len(), 2, "step {}", i + 1);
-        let expected = loopscale::results::measure(&reports).unwrap();
-        assert_eq!(r.requests, expected.requests, "{r:?}");
-        assert!(r.requests > 0 && r.error_ratio == 0.0, "{r:?}");
-        assert!(
-            (r.throughput_rps - expected.throughput_rps).abs() < 1e-9,
-            "{r:?} vs {expected:?}"
-        );
-        assert_eq!(r.latency_ms.p99, expected.latency_ms.p99);
-        eprintln!(
-            "step {}: {} req, {:.1} req/s, p99 {:.1} ms",
-            i + 1,
-            r.requests,
-            r.throughput_rps,
-            r.latency_ms.p99
-        );
-    }
+    assert_results_merge_their_reports(&status, &delivered, 2);
     assert_eq!(status.progress.as_deref(), Some("4/4"));
     assert!(status.current_step.is_none());
 
@@ -590,21 +613,8 @@ async fn a_reference_experiment_runs_the_real_servers_images_and_completes() {
             "  matrix: {processes: [2], replicas: [1]}",
         );
     ok(&apply(&ns, &yaml));
-    let exp = wait_phase(
-        &admin,
-        &ns,
-        "real",
-        &[Phase::Succeeded, Phase::Failed],
-        Duration::from_secs(180),
-    )
-    .await;
+    let exp = wait_succeeded(&admin, &ns, "real", &operator).await;
     let status = exp.status.clone().unwrap();
-    assert_eq!(
-        status.phase,
-        Phase::Succeeded,
-        "{status:#?}\n{}",
-        operator.log_text()
-    );
     assert_eq!(status.implementation, Some(Implementation::Reference));
 
     // Each step's Deployment ran the reference image of its mode, with the env the real server
@@ -655,25 +665,12 @@ async fn a_reference_experiment_runs_the_real_servers_images_and_completes() {
     // The pods were admitted under "restricted" (else no replica would have become ready), and
     // each step's result is the merge of reports of load against that step's real server.
     let delivered = stand_in.delivered.lock().unwrap().clone();
-    for (i, r) in status.results.iter().enumerate() {
-        let step = i as u32 + 1;
-        assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
-        let reports: Vec<_> = delivered
-            .values()
-            .filter(|d| d.step == step)
-            .map(|d| d.report.clone())
-            .collect();
-        assert_eq!(reports.len(), 2, "step {step}");
-        for report in &reports {
-            assert_eq!(report.generator.targets, [runs[&step].url.clone()]);
+    let reports = assert_results_merge_their_reports(&status, &delivered, 2);
+    for (i, step_reports) in reports.iter().enumerate() {
+        let url = &runs[&(i as u32 + 1)].url;
+        for report in step_reports {
+            assert_eq!(report.generator.targets, std::slice::from_ref(url));
         }
-        let expected = loopscale::results::measure(&reports).unwrap();
-        assert_eq!(r.requests, expected.requests);
-        assert!(r.requests > 0 && r.error_ratio == 0.0, "{r:?}");
-        eprintln!(
-            "step {step} ({}): {} req, {:.1} req/s, p99 {:.1} ms",
-            runs[&step].server, r.requests, r.throughput_rps, r.latency_ms.p99
-        );
     }
     drop(operator);
 }

@@ -111,6 +111,20 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitS
     }
 }
 
+/// The exit status of a run that should be over within 5 s, and its stdout (the table).
+fn finish(child: &mut Child) -> (std::process::ExitStatus, String) {
+    let status = wait_with_deadline(child, Duration::from_secs(5));
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    eprintln!("{stdout}");
+    (status, stdout)
+}
+
 fn scrape(addr: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -178,15 +192,7 @@ fn quick_example_runs_end_to_end_and_obeys_the_model() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let status = wait_with_deadline(&mut child, Duration::from_secs(5));
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    eprintln!("{stdout}");
+    let (status, stdout) = finish(&mut child);
     assert!(status.success(), "loopscale run failed: {status}");
     let metrics = scraped.expect("result metrics were served while the run went on");
     assert!(metrics.contains(r#"namespace="local""#) && metrics.contains(r#"experiment="quick""#));
@@ -333,15 +339,7 @@ fn reference_example_runs_the_real_express_and_fastapi() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let status = wait_with_deadline(&mut child, Duration::from_secs(5));
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    eprintln!("{stdout}");
+    let (status, stdout) = finish(&mut child);
     assert!(status.success(), "loopscale run failed: {status}");
     assert!(express, "no `node .../express/server.js` replica was seen");
     assert!(
