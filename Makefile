@@ -54,7 +54,7 @@ reference:
 # Control-plane tests on the real control plane of deploy/testenv: up, the smoke test, the CRD
 # and every invalid manifest against the API server, helm lint, the operator's cluster tests,
 # and always down. Ports: deploy/testenv/README.md (TESTENV_*_PORT).
-control-plane-test: testenv-build
+control-plane-test: testenv-build reference-install
 	cargo build -j 2 -p loopscale -p loopscale-workload   # the stand-in runs the real load generator
 	deploy/testenv/up
 	status=0; \
