@@ -8,7 +8,7 @@
 #                 a quick calibration run
 #   control-plane the operator and chart on a real API server + controller manager + scheduler +
 #                 kwok built from Kubernetes' Go modules (deploy/testenv), started and stopped here
-.PHONY: test lint scripts testenv-build unit dashboards reference control-plane-test
+.PHONY: test lint scripts testenv-build reference-install unit dashboards reference control-plane-test
 
 test: lint scripts testenv-build unit dashboards reference control-plane-test
 
@@ -21,7 +21,7 @@ lint:
 scripts:
 	shellcheck deploy/kind/up.sh deploy/kind/down.sh dashboards/sync-chart \
 	  deploy/testenv/build deploy/testenv/up deploy/testenv/down deploy/testenv/smoke-test \
-	  deploy/crd/check-against-apiserver workload/reference/test \
+	  deploy/crd/check-against-apiserver workload/reference/test workload/reference/install \
 	  workload/bench/serve.sh workload/bench/load.sh
 
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, etcd and helm from
@@ -30,7 +30,12 @@ scripts:
 testenv-build:
 	deploy/testenv/build
 
-unit: testenv-build
+# Real Express (npm ci) and FastAPI (a venv) from the registries, into workload/reference (git-
+# ignored): `unit` runs a reference Experiment end to end (operator/tests/local_run.rs).
+reference-install:
+	workload/reference/install
+
+unit: testenv-build reference-install
 	cargo test --workspace
 
 # Every dashboard query against a real Prometheus scraping a real local `loopscale run`
@@ -49,7 +54,7 @@ reference:
 # Control-plane tests on the real control plane of deploy/testenv: up, the smoke test, the CRD
 # and every invalid manifest against the API server, helm lint, the operator's cluster tests,
 # and always down. Ports: deploy/testenv/README.md (TESTENV_*_PORT).
-control-plane-test: testenv-build
+control-plane-test: testenv-build reference-install
 	cargo build -j 2 -p loopscale -p loopscale-workload   # the stand-in runs the real load generator
 	deploy/testenv/up
 	status=0; \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create a local kind cluster running loopscale with Prometheus and Grafana:
 #   1. kind cluster (cluster.yaml: one control-plane, two workers, Grafana/Prometheus ports),
-#   2. docker build of the workload and operator images, loaded into the cluster's nodes,
+#   2. docker build of the workload, operator and reference (Express, FastAPI) images, loaded
+#      into the cluster's nodes,
 #   3. kube-prometheus-stack (kube-prometheus-stack.values.yaml: dashboards sidecar on,
 #      loopscale's monitors selected),
 #   4. the loopscale chart (CRD, operator, dashboards, monitors),
@@ -9,7 +10,7 @@
 #
 # Needs: docker, kind, kubectl, helm. Settings (environment):
 #   LOOPSCALE_KIND_CLUSTER  cluster name (default: loopscale)
-#   LOOPSCALE_IMAGE_TAG     tag of both images (default: dev)
+#   LOOPSCALE_IMAGE_TAG     tag of the images (default: dev)
 #   KPS_VERSION             kube-prometheus-stack chart version (default: the repository's latest)
 set -euo pipefail
 
@@ -19,6 +20,8 @@ cluster="${LOOPSCALE_KIND_CLUSTER:-loopscale}"
 tag="${LOOPSCALE_IMAGE_TAG:-dev}"
 workload_image="loopscale/loopscale-workload:${tag}"
 operator_image="loopscale/loopscale:${tag}"
+express_image="loopscale/loopscale-reference-express:${tag}"
+fastapi_image="loopscale/loopscale-reference-fastapi:${tag}"
 monitoring_namespace="monitoring"
 kps_release="kube-prometheus-stack"
 loopscale_namespace="loopscale-system"
@@ -44,10 +47,14 @@ else
 fi
 kubectl config use-context "kind-${cluster}" >/dev/null
 
-step "images ${workload_image} and ${operator_image}"
+step "images ${workload_image}, ${operator_image}, ${express_image}, ${fastapi_image}"
 docker build --tag "${workload_image}" --file "${root}/workload/Dockerfile" "${root}"
 docker build --tag "${operator_image}" --file "${root}/operator/Dockerfile" "${root}"
-kind load docker-image --name "${cluster}" "${workload_image}" "${operator_image}"
+# The reference servers (spec.workload.implementation: reference): each folder is its own context.
+docker build --tag "${express_image}" "${root}/workload/reference/express"
+docker build --tag "${fastapi_image}" "${root}/workload/reference/fastapi"
+kind load docker-image --name "${cluster}" \
+  "${workload_image}" "${operator_image}" "${express_image}" "${fastapi_image}"
 
 step "kube-prometheus-stack in namespace ${monitoring_namespace}"
 helm repo add prometheus-community https://prometheus-community.github.io/helm-charts --force-update >/dev/null
@@ -71,6 +78,10 @@ helm upgrade --install loopscale "${root}/charts/loopscale" \
   --set-string "workloadImage.repository=${workload_image%:*}" \
   --set-string "workloadImage.tag=${tag}" \
   --set-string "workloadImage.pullPolicy=IfNotPresent" \
+  --set-string "referenceImages.express.repository=${express_image%:*}" \
+  --set-string "referenceImages.express.tag=${tag}" \
+  --set-string "referenceImages.fastapi.repository=${fastapi_image%:*}" \
+  --set-string "referenceImages.fastapi.tag=${tag}" \
   --set "serviceMonitor.enabled=true" \
   --set-string "serviceMonitor.labels.release=${kps_release}" \
   --set "podMonitor.enabled=true" \
@@ -90,5 +101,6 @@ loopscale is running on kind cluster "${cluster}".
 Run an experiment:
   kubectl apply -f ${root#"${PWD}"/}/deploy/examples/quick.yaml
   kubectl get experiments -w
+The same with the real Express and FastAPI: deploy/examples/reference.yaml
 Remove everything: deploy/kind/down.sh
 DONE

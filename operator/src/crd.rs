@@ -156,10 +156,51 @@ pub enum FailurePolicy {
     Abort,
 }
 
+/// Which server plays the workload: the emulation or the real framework of each mode.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Implementation {
+    /// `loopscale-workload serve`: the emulated concurrency models, where every knob applies.
+    #[default]
+    Emulated,
+    /// The real frameworks (`workload/reference/`): Express with Node's `cluster` for event-loop
+    /// mode, FastAPI under `uvicorn --workers` for thread-pool mode.
+    Reference,
+}
+
+impl Implementation {
+    /// The spec's spelling, for tables and labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Implementation::Emulated => "emulated",
+            Implementation::Reference => "reference",
+        }
+    }
+}
+
+impl std::fmt::Display for Implementation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The server under test.
+///
+/// With `implementation: reference` the real runtimes play the modes, and the rules below reject
+/// the settings they cannot honour (rather than silently measure something else): a framework's
+/// per-request cost is real, CPython 3.11 has a GIL, and uvicorn only shares its socket. The pool
+/// sizes and the switch interval are passed through (UV_THREADPOOL_SIZE, anyio's limiter,
+/// `sys.setswitchinterval`).
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.implementation != 'reference' || self.requestOverheadUs == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' per-request cost is real)").field_path(".requestOverheadUs"))]
+#[x_kube(validation = Rule::new("self.implementation != 'reference' || !('thread-pool' in self.modes) || self.gil").message("must be true when spec.workload.implementation is reference with thread-pool mode (the FastAPI reference runs CPython 3.11, which has a GIL)").field_path(".gil"))]
+#[x_kube(validation = Rule::new("self.implementation != 'reference' || !('thread-pool' in self.modes) || !has(self.balancing) || self.balancing == 'shared-socket'").message("must be shared-socket (or unset) when spec.workload.implementation is reference with thread-pool mode (uvicorn --workers only shares its listening socket)").field_path(".balancing"))]
 pub struct WorkloadSpec {
+    /// `emulated` (default): `loopscale-workload serve`; `reference`: the real Express
+    /// (event-loop mode) and FastAPI (thread-pool mode) servers, in the same matrix.
+    #[serde(default)]
+    pub implementation: Implementation,
     /// Concurrency models to compare; each becomes its own series.
     #[schemars(length(min = 1, max = 2))]
     #[x_kube(validation = Rule::new("self.all(x, self.exists_one(y, y == x))").message("values must be unique"))]
@@ -188,7 +229,9 @@ pub struct WorkloadSpec {
     /// thread-pool: shared-socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balancing: Option<Balancing>,
-    /// Kubernetes backend: container image of the workload (unset: the operator's default).
+    /// Kubernetes backend: image of `loopscale-workload` (unset: the operator's default), which
+    /// runs the load generators and, with `implementation: emulated`, the workload. The reference
+    /// servers' images are the operator's settings (`referenceImages` in the chart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Kubernetes backend: resources of each workload pod; ignored by the local backend.
@@ -313,15 +356,17 @@ impl LoadModel {
 }
 
 /// How each step is loaded. Rate, concurrency and connections are totals, split evenly over the
-/// generators.
+/// generators. The load Job's pods share one template, so each runs the same share: rate and
+/// concurrency must be multiples of `generators` (connections, a bound rather than the load, are
+/// rounded down to a multiple).
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.model != 'open' || has(self.rate)").message("required when spec.load.model is open").field_path(".rate"))]
 #[x_kube(validation = Rule::new("self.model != 'closed' || has(self.concurrency)").message("required when spec.load.model is closed").field_path(".concurrency"))]
 #[x_kube(validation = Rule::new("self.model == 'open' || !has(self.rate)").message("only allowed when spec.load.model is open").field_path(".rate"))]
 #[x_kube(validation = Rule::new("self.model == 'closed' || !has(self.concurrency)").message("only allowed when spec.load.model is closed").field_path(".concurrency"))]
-#[x_kube(validation = Rule::new("!has(self.concurrency) || self.concurrency >= self.generators").message("must be at least spec.load.generators (each generator keeps one or more requests in flight)").field_path(".concurrency"))]
-#[x_kube(validation = Rule::new("!has(self.rate) || self.rate >= self.generators").message("must be at least spec.load.generators (each generator sends at least 1 request/s)").field_path(".rate"))]
+#[x_kube(validation = Rule::new("!has(self.concurrency) || self.concurrency % self.generators == 0").message("must be a multiple of spec.load.generators (every load pod keeps the same share, at least 1, in flight; a remainder would be lost)").field_path(".concurrency"))]
+#[x_kube(validation = Rule::new("!has(self.rate) || self.rate % self.generators == 0").message("must be a multiple of spec.load.generators (every load pod sends the same share, at least 1 request/s; a remainder would be lost)").field_path(".rate"))]
 pub struct LoadSpec {
     /// Open or closed load model.
     pub model: LoadModel,
@@ -427,6 +472,10 @@ pub struct ExperimentStatus {
     /// Pending, Running, Succeeded or Failed.
     #[serde(default)]
     pub phase: Phase,
+    /// Which servers were measured: `emulated` or `reference` (the spec's
+    /// `workload.implementation`, repeated so a result file says it next to the numbers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implementation: Option<Implementation>,
     /// `completed/total`, for the Step printer column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,

@@ -184,6 +184,7 @@ pub fn decide(spec: &ExperimentSpec, status: &ExperimentStatus, obs: &Observatio
     let mut events = Vec::new();
     let steps = plan(spec);
     status.total_steps = steps.len() as u32;
+    status.implementation = Some(spec.workload.implementation);
     set_progress(&mut status);
     let cooldown = parse_duration(&spec.cooldown).unwrap_or_default();
     let step_timeout = parse_duration(&spec.step_timeout).unwrap_or(Duration::from_secs(300));

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod local;
 pub mod metrics;
 pub mod planner;
+pub mod reference;
 pub mod render;
 pub mod results;
 pub mod run;

@@ -1,7 +1,9 @@
 //! The local backend: the engine's actions carried out with processes instead of pods. Each
-//! replica is one `loopscale-workload serve` supervisor on its own loopback port; each generator
-//! is one `loopscale-workload load` process aimed at every replica, writing its report to a file.
-//! Every child runs in its own process group, so stopping it stops its workers too.
+//! replica is one `loopscale-workload serve` supervisor on its own loopback port (with
+//! `implementation: reference`, the real Express or FastAPI server from `workload/reference/`);
+//! each generator is one `loopscale-workload load` process aimed at every replica, writing its
+//! report to a file. Every child runs in its own process group, so stopping it stops its workers
+//! too.
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
@@ -16,9 +18,10 @@ use nix::unistd::Pid;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::crd::{ExperimentSpec, StepKey};
+use crate::crd::{ExperimentSpec, Implementation, StepKey};
 use crate::engine::{Action, LoadObservation, Observation, WorkloadObservation};
 use crate::planner::{workload_env, GeneratorLoad};
+use crate::reference::ReferenceServer;
 use crate::results::{measure, Measurement};
 use crate::scrape_targets::{Role, ScrapeTarget};
 
@@ -169,7 +172,13 @@ impl Drop for Generator {
 pub struct LocalBackend {
     workload_bin: PathBuf,
     work_dir: PathBuf,
+    /// Where the reference servers are (`workload/reference`), for `implementation: reference`.
+    reference_dir: PathBuf,
     workload: Option<(StepKey, Vec<Replica>)>,
+    /// Whether the replicas serve `/metrics` (the emulation does, the reference servers do not).
+    workload_metrics: bool,
+    /// A step whose replicas could not be started, and why (the engine fails the step).
+    deploy_failure: Option<(StepKey, String)>,
     load: Option<(StepKey, Vec<Generator>)>,
     finished: Option<(StepKey, Result<Measurement, String>)>,
     /// When the current load started, for the progress bar.
@@ -188,12 +197,21 @@ impl LocalBackend {
         Ok(LocalBackend {
             workload_bin,
             work_dir,
+            reference_dir: PathBuf::from(crate::reference::DEFAULT_REFERENCE_DIR),
             workload: None,
+            workload_metrics: true,
+            deploy_failure: None,
             load: None,
             finished: None,
             load_started: None,
             generator_metrics: false,
         })
+    }
+
+    /// Take the reference servers (`implementation: reference`) from `dir` instead of
+    /// `workload/reference` relative to the current directory.
+    pub fn set_reference_dir(&mut self, dir: PathBuf) {
+        self.reference_dir = dir.canonicalize().unwrap_or(dir);
     }
 
     /// Start generators with live metrics on a loopback port each, listed by
@@ -205,7 +223,7 @@ impl LocalBackend {
     /// The running replicas and generators as Prometheus targets, named like pods.
     pub fn scrape_targets(&self, experiment: &str) -> Vec<ScrapeTarget> {
         let mut out = Vec::new();
-        if let Some((step, replicas)) = &self.workload {
+        if let Some((step, replicas)) = self.workload.as_ref().filter(|_| self.workload_metrics) {
             for (i, r) in replicas.iter().enumerate() {
                 out.push(ScrapeTarget {
                     address: format!("127.0.0.1:{}", r.port),
@@ -240,7 +258,13 @@ impl LocalBackend {
     /// What the world looks like now, for [`crate::engine::decide`].
     pub async fn observe(&mut self, now: SystemTime) -> Observation {
         let workload = match &mut self.workload {
-            None => WorkloadObservation::Absent,
+            None => match &self.deploy_failure {
+                Some((step, reason)) => WorkloadObservation::Failed {
+                    step: *step,
+                    reason: reason.clone(),
+                },
+                None => WorkloadObservation::Absent,
+            },
             Some((step, replicas)) => {
                 let mut failure = None;
                 for (i, r) in replicas.iter_mut().enumerate() {
@@ -347,7 +371,26 @@ impl LocalBackend {
         Ok(())
     }
 
+    /// Start the step's replicas. A server that cannot start (not installed, no `node`) fails
+    /// the step with the reason, through [`LocalBackend::observe`], rather than the run.
     fn deploy(&mut self, spec: &ExperimentSpec, step: &StepKey) -> anyhow::Result<()> {
+        let (program, args, extra_env): (PathBuf, Vec<std::ffi::OsString>, &[(&str, &str)]) =
+            match spec.workload.implementation {
+                Implementation::Emulated => (self.workload_bin.clone(), vec!["serve".into()], &[]),
+                Implementation::Reference => {
+                    let server = ReferenceServer::for_mode(step.mode);
+                    if let Some(why) = server.missing(&self.reference_dir, Path::exists) {
+                        self.deploy_failure = Some((*step, why));
+                        return Ok(());
+                    }
+                    let cmd = server.local_command(&self.reference_dir);
+                    let args = cmd.args.into_iter().map(Into::into).collect();
+                    // Loopback only; no bytecode files written into the repository.
+                    let env: &[(&str, &str)] =
+                        &[("HOST", "127.0.0.1"), ("PYTHONDONTWRITEBYTECODE", "1")];
+                    (cmd.program, args, env)
+                }
+            };
         let env = workload_env(spec, step);
         let mut replicas = Vec::new();
         for i in 0..step.replicas {
@@ -357,9 +400,10 @@ impl LocalBackend {
                 .join("logs")
                 .join(format!("{}-replica{i}.log", Self::step_id(step)));
             let file = std::fs::File::create(&log)?;
-            let child = Command::new(&self.workload_bin)
-                .arg("serve")
+            let spawned = Command::new(&program)
+                .args(&args)
                 .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .envs(extra_env.iter().copied())
                 .env("PORT", port.to_string())
                 .env(RUN_DIR_ENV, &self.work_dir)
                 .stdin(Stdio::null())
@@ -367,10 +411,18 @@ impl LocalBackend {
                 .stderr(file)
                 .process_group(0)
                 .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("cannot start {} serve", self.workload_bin.display()))?;
-            replicas.push(Replica { child, port, log });
+                .spawn();
+            match spawned {
+                Ok(child) => replicas.push(Replica { child, port, log }),
+                Err(e) => {
+                    // The replicas started so far are stopped by their Drop.
+                    self.deploy_failure =
+                        Some((*step, format!("cannot start {}: {e}", program.display())));
+                    return Ok(());
+                }
+            }
         }
+        self.workload_metrics = spec.workload.implementation == Implementation::Emulated;
         self.workload = Some((*step, replicas));
         Ok(())
     }
@@ -438,6 +490,7 @@ impl LocalBackend {
             }
         }
         self.workload = None;
+        self.deploy_failure = None;
         self.finished = None;
         self.load_started = None;
     }

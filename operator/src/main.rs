@@ -40,6 +40,11 @@ enum Command {
         /// The loopscale-workload binary (default: next to loopscale, then PATH).
         #[arg(long, env = "LOOPSCALE_WORKLOAD_BIN")]
         workload_bin: Option<PathBuf>,
+        /// Where the reference servers are, for `implementation: reference` (default:
+        /// workload/reference, relative to the current directory; install them with
+        /// workload/reference/install).
+        #[arg(long, env = "LOOPSCALE_REFERENCE_DIR", value_name = "DIR")]
+        reference_dir: Option<PathBuf>,
         /// Keep Prometheus file_sd targets of the run's processes (itself with --metrics-addr,
         /// workload replicas, load generators) in this JSON file, e.g.
         /// deploy/local/targets/loopscale.json for deploy/local/prometheus.yml.
@@ -169,6 +174,7 @@ fn main() -> ExitCode {
             out,
             metrics_addr,
             workload_bin,
+            reference_dir,
             prometheus_sd,
             metrics_linger,
         } => {
@@ -206,6 +212,7 @@ fn main() -> ExitCode {
                 };
                 let options = RunOptions {
                     workload_bin: workload_bin.clone(),
+                    reference_dir: reference_dir.clone(),
                     out_dir: out_dir.clone(),
                     metrics_addr,
                     prometheus_sd: prometheus_sd.clone(),

@@ -1,7 +1,7 @@
 //! Turns an Experiment spec into the ordered list of steps and each step's load settings. Pure.
 use std::time::Duration;
 
-use crate::crd::{ExperimentSpec, LoadModel, StepKey, StepOrder};
+use crate::crd::{ExperimentSpec, Implementation, LoadModel, Mode, StepKey, StepOrder};
 
 /// Every step of the experiment in the order it runs (modes × processes × replicas ×
 /// repetitions).
@@ -146,13 +146,21 @@ pub fn generator_loads(spec: &ExperimentSpec) -> Vec<GeneratorLoad> {
 
 /// The environment of one workload replica (the server's only configuration, see the workload's
 /// env table), except `PORT`, which the backend chooses. Both backends use it as is.
+///
+/// The emulation gets every knob. A reference server gets the knobs its runtime has (see
+/// `workload/reference/README.md`): Express the libuv pool size, FastAPI anyio's limiter, the
+/// switch interval and the GIL (the CRD's rules keep those to values the runtime can honour);
+/// both the processes and, when set, the balancing. `LOOPSCALE_MODE` names the mode in both,
+/// for whoever reads the pod's env (the reference servers ignore it).
 pub fn workload_env(spec: &ExperimentSpec, step: &StepKey) -> Vec<(String, String)> {
     let w = &spec.workload;
     let mut env = vec![
         ("LOOPSCALE_MODE".to_string(), step.mode.as_str().to_string()),
         ("LOOPSCALE_PROCESSES".into(), step.processes.to_string()),
+    ];
+    let thread_pool = [
         (
-            "LOOPSCALE_THREADPOOL_SIZE".into(),
+            "LOOPSCALE_THREADPOOL_SIZE".to_string(),
             w.thread_pool_size.to_string(),
         ),
         ("LOOPSCALE_GIL".into(), w.gil.to_string()),
@@ -160,15 +168,23 @@ pub fn workload_env(spec: &ExperimentSpec, step: &StepKey) -> Vec<(String, Strin
             "LOOPSCALE_GIL_SWITCH_INTERVAL_MS".into(),
             w.gil_switch_interval_ms.to_string(),
         ),
-        (
-            "LOOPSCALE_LIBUV_THREADPOOL_SIZE".into(),
-            w.libuv_thread_pool_size.to_string(),
-        ),
-        (
-            "LOOPSCALE_REQUEST_OVERHEAD_US".into(),
-            w.request_overhead_us.to_string(),
-        ),
     ];
+    let libuv = (
+        "LOOPSCALE_LIBUV_THREADPOOL_SIZE".to_string(),
+        w.libuv_thread_pool_size.to_string(),
+    );
+    match (w.implementation, step.mode) {
+        (Implementation::Emulated, _) => {
+            env.extend(thread_pool);
+            env.push(libuv);
+            env.push((
+                "LOOPSCALE_REQUEST_OVERHEAD_US".into(),
+                w.request_overhead_us.to_string(),
+            ));
+        }
+        (Implementation::Reference, Mode::EventLoop) => env.push(libuv),
+        (Implementation::Reference, Mode::ThreadPool) => env.extend(thread_pool),
+    }
     if let Some(b) = w.balancing {
         let value = match b {
             crate::crd::Balancing::RoundRobin => "round-robin",
@@ -200,7 +216,7 @@ spec:
   workload: {{modes: [event-loop, thread-pool]}}
   scenario: {{route: cpu, cpuMillis: 10}}
   matrix: {{processes: [1, 2], replicas: [1, 3]}}
-  load: {{model: open, rate: 101, connections: 10, generators: 3}}
+  load: {{model: open, rate: 102, connections: 10, generators: 3}}
 {extra}"#
         );
         validate_manifest(&yaml).unwrap().spec
@@ -267,12 +283,16 @@ spec:
         assert_eq!(loads.len(), 3);
         assert_eq!(
             loads.iter().map(|l| l.rate.unwrap()).collect::<Vec<_>>(),
-            [34, 34, 33]
+            [34, 34, 34]
         );
-        assert_eq!(loads.iter().map(|l| l.connections).sum::<u32>(), 10);
+        // Connections need not divide evenly: the shares differ by at most one.
+        assert_eq!(
+            loads.iter().map(|l| l.connections).collect::<Vec<_>>(),
+            [4, 3, 3]
+        );
         assert_eq!(loads[0].path, "/cpu?ms=10");
         let args = loads[2].args();
-        assert!(args.windows(2).any(|w| w == ["--rate", "33"]));
+        assert!(args.windows(2).any(|w| w == ["--rate", "34"]));
         assert!(args.windows(2).any(|w| w == ["--model", "open"]));
         assert!(args.windows(2).any(|w| w == ["--concurrency", "3"]));
     }
@@ -305,6 +325,53 @@ spec:
         assert_eq!(get("LOOPSCALE_GIL"), Some("true"));
         assert_eq!(get("LOOPSCALE_THREADPOOL_SIZE"), Some("40"));
         assert_eq!(get("LOOPSCALE_BALANCING"), None);
+    }
+
+    #[test]
+    fn a_reference_server_gets_only_the_knobs_its_runtime_has() {
+        let mut s = spec("");
+        s.workload.implementation = Implementation::Reference;
+        s.workload.thread_pool_size = 7;
+        s.workload.libuv_thread_pool_size = 3;
+        let names = |env: &[(String, String)]| -> Vec<String> {
+            env.iter().map(|(k, _)| k.clone()).collect()
+        };
+        let express = workload_env(&s, &k(EventLoop, 2, 1, 1));
+        assert_eq!(
+            names(&express),
+            [
+                "LOOPSCALE_MODE",
+                "LOOPSCALE_PROCESSES",
+                "LOOPSCALE_LIBUV_THREADPOOL_SIZE"
+            ]
+        );
+        assert!(express.contains(&("LOOPSCALE_LIBUV_THREADPOOL_SIZE".into(), "3".into())));
+        assert!(express.contains(&("LOOPSCALE_PROCESSES".into(), "2".into())));
+        let fastapi = workload_env(&s, &k(ThreadPool, 1, 1, 1));
+        assert_eq!(
+            names(&fastapi),
+            [
+                "LOOPSCALE_MODE",
+                "LOOPSCALE_PROCESSES",
+                "LOOPSCALE_THREADPOOL_SIZE",
+                "LOOPSCALE_GIL",
+                "LOOPSCALE_GIL_SWITCH_INTERVAL_MS"
+            ]
+        );
+        assert!(fastapi.contains(&("LOOPSCALE_THREADPOOL_SIZE".into(), "7".into())));
+        // No request overhead for either: the real framework's cost is real.
+        s.workload.balancing = Some(crate::crd::Balancing::SharedSocket);
+        let both = [
+            workload_env(&s, &k(EventLoop, 1, 1, 1)),
+            workload_env(&s, &k(ThreadPool, 1, 1, 1)),
+        ];
+        for env in both {
+            assert!(!names(&env).contains(&"LOOPSCALE_REQUEST_OVERHEAD_US".to_string()));
+            assert!(env.contains(&("LOOPSCALE_BALANCING".into(), "shared-socket".into())));
+        }
+        // The emulation gets every knob.
+        s.workload.implementation = Implementation::Emulated;
+        assert_eq!(workload_env(&s, &k(EventLoop, 1, 1, 1)).len(), 8);
     }
 
     #[test]

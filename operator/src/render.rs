@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::crd::{Experiment, Mode, Outcome};
+use crate::crd::{Experiment, Implementation, Mode, Outcome};
 use crate::results::{baselines, summarize, ConfigSummary};
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
@@ -15,6 +15,34 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 
 fn fmt_num(v: f64, digits: usize) -> String {
     fmt_opt(Some(v), digits)
+}
+
+/// Which servers played the modes, in words.
+fn servers(experiment: &Experiment) -> String {
+    match experiment.spec.workload.implementation {
+        Implementation::Emulated => "servers: emulated (loopscale-workload serve)".into(),
+        Implementation::Reference => {
+            let names: Vec<&str> = experiment
+                .spec
+                .workload
+                .modes
+                .iter()
+                .map(|m| match m {
+                    Mode::EventLoop => "event-loop = real Express (Node cluster)",
+                    Mode::ThreadPool => "thread-pool = real FastAPI (uvicorn --workers)",
+                })
+                .collect();
+            format!("servers: reference: {}", names.join(", "))
+        }
+    }
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 /// The comparison table (mode × processes × replicas: req/s, p50, p99, errors, efficiency), one
@@ -67,6 +95,9 @@ pub fn table(experiment: &Experiment) -> String {
             r.key,
             r.reason.as_deref().unwrap_or("unknown")
         );
+    }
+    if experiment.spec.workload.implementation == Implementation::Reference {
+        let _ = writeln!(out, "{}", servers(experiment));
     }
     if status.partial {
         let _ = writeln!(
@@ -330,7 +361,8 @@ code {{ background: #f4f4f4; padding: 0 3px; }}
     };
     let _ = writeln!(
         doc,
-        "<p>Route <code>{}</code>; {}; {} generator(s); warm-up {}, measured {} per step; {} repetition(s), {} order; GIL {}. Phase <b>{}</b>, {} of {} steps.</p>",
+        "<p>{}. Route <code>{}</code>; {}; {} generator(s); warm-up {}, measured {} per step; {} repetition(s), {} order; GIL {}. Phase <b>{}</b>, {} of {} steps.</p>",
+        escape(&capitalized(&servers(experiment))),
         escape(&scenario),
         escape(&load),
         spec.load.generators,

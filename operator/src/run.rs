@@ -25,6 +25,9 @@ pub const LOCAL_NAMESPACE: &str = "local";
 pub struct RunOptions {
     /// The `loopscale-workload` binary.
     pub workload_bin: PathBuf,
+    /// Where the reference servers are (`implementation: reference`); unset: `workload/reference`
+    /// relative to the current directory.
+    pub reference_dir: Option<PathBuf>,
     /// Where results.json, report.html, logs and reports go.
     pub out_dir: PathBuf,
     /// Serve the result metrics here while running.
@@ -196,6 +199,9 @@ pub async fn run(
         .with_context(|| format!("cannot create {}", options.out_dir.display()))?;
     let spec = experiment.spec.clone();
     let mut backend = LocalBackend::new(options.workload_bin.clone(), options.out_dir.clone())?;
+    if let Some(dir) = options.reference_dir.clone() {
+        backend.set_reference_dir(dir);
+    }
     let registry = Registry::new();
     let metrics = ExperimentMetrics::register(&registry)?;
     let reconcile = ReconcileMetrics::register(&registry, &LOCAL_LOOP_ERRORS)?;

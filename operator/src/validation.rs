@@ -383,6 +383,81 @@ spec:
     }
 
     #[test]
+    fn reference_rejects_only_what_the_real_runtimes_cannot_honour() {
+        let reference = |workload: &str| {
+            VALID.replace(
+                "workload: {modes: [event-loop, thread-pool]}",
+                &format!("workload: {{implementation: reference, {workload}}}"),
+            )
+        };
+        let both = "modes: [event-loop, thread-pool]";
+        let exp = validate_manifest(&reference(both)).unwrap();
+        assert_eq!(
+            exp.spec.workload.implementation,
+            crate::crd::Implementation::Reference
+        );
+        // Pool sizes and the switch interval are passed through, not rejected.
+        assert!(validate_manifest(&reference(&format!(
+            "{both}, threadPoolSize: 4, libuvThreadPoolSize: 2, gilSwitchIntervalMs: 1"
+        )))
+        .is_ok());
+        assert!(
+            validate_manifest(&reference(&format!("{both}, balancing: shared-socket"))).is_ok()
+        );
+        for (extra, field) in [
+            ("requestOverheadUs: 30", "spec.workload.requestOverheadUs"),
+            ("gil: false", "spec.workload.gil"),
+            ("balancing: round-robin", "spec.workload.balancing"),
+        ] {
+            let v = violations(&reference(&format!("{both}, {extra}")));
+            assert_eq!(v.len(), 1, "{extra}: {v:?}");
+            assert_eq!(v[0].field, field);
+            assert!(
+                v[0].message.contains("implementation is reference"),
+                "{v:?}"
+            );
+        }
+        // Express has both balancings, and no GIL to switch off: event-loop alone may.
+        let express = "modes: [event-loop]";
+        assert!(
+            validate_manifest(&reference(&format!("{express}, balancing: round-robin"))).is_ok()
+        );
+        assert!(validate_manifest(&reference(&format!("{express}, gil: false"))).is_ok());
+        // The emulation honours every knob.
+        let emulated = VALID.replace(
+            "workload: {modes: [event-loop, thread-pool]}",
+            "workload: {modes: [event-loop, thread-pool], requestOverheadUs: 30, gil: false, balancing: round-robin}",
+        );
+        assert!(validate_manifest(&emulated).is_ok());
+    }
+
+    #[test]
+    fn rate_and_concurrency_must_split_evenly_over_the_generators() {
+        let closed = |c: u32, g: u32| {
+            VALID.replace(
+                "concurrency: 8,",
+                &format!("concurrency: {c}, generators: {g},"),
+            )
+        };
+        assert!(validate_manifest(&closed(8, 4)).is_ok());
+        for (c, g) in [(8, 3), (2, 3)] {
+            let v = violations(&closed(c, g));
+            assert_eq!(v.len(), 1, "{v:?}");
+            assert_eq!(v[0].field, "spec.load.concurrency");
+            assert!(v[0].message.contains("multiple of spec.load.generators"));
+        }
+        let open = |r: u32, g: u32| {
+            VALID.replace(
+                "model: closed, concurrency: 8,",
+                &format!("model: open, rate: {r}, generators: {g},"),
+            )
+        };
+        assert!(validate_manifest(&open(300, 3)).is_ok());
+        let v = violations(&open(301, 3));
+        assert_eq!((v.len(), v[0].field.as_str()), (1, "spec.load.rate"));
+    }
+
+    #[test]
     fn the_spec_is_immutable() {
         let old: Value = serde_yaml::from_str(VALID).unwrap();
         let new: Value =

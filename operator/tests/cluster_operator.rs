@@ -17,8 +17,68 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::Api;
-use loopscale::crd::{Experiment, Outcome, Phase, StepKey};
+use loopscale::crd::{Experiment, Implementation, Mode, Outcome, Phase, StepKey};
 use loopscale::planner::plan;
+
+/// Wait for `name` to finish and require `Succeeded` (showing the operator's log otherwise).
+async fn wait_succeeded(
+    admin: &kube::Client,
+    ns: &str,
+    name: &str,
+    operator: &Operator,
+) -> Experiment {
+    let exp = wait_phase(
+        admin,
+        ns,
+        name,
+        &[Phase::Succeeded, Phase::Failed],
+        Duration::from_secs(180),
+    )
+    .await;
+    let status = exp.status.clone().unwrap();
+    assert_eq!(
+        status.phase,
+        Phase::Succeeded,
+        "{status:#?}\n{}",
+        operator.log_text()
+    );
+    exp
+}
+
+/// Each step's result is exactly the merge of the reports its `generators` load pods published
+/// (real `loopscale-workload load` runs; see StandIn). Returns each step's reports, in order.
+fn assert_results_merge_their_reports(
+    status: &loopscale::crd::ExperimentStatus,
+    delivered: &std::collections::BTreeMap<String, Delivered>,
+    generators: usize,
+) -> Vec<Vec<loopscale_workload::report::Report>> {
+    let mut out = Vec::new();
+    for (i, r) in status.results.iter().enumerate() {
+        let step = i as u32 + 1;
+        assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+        assert_eq!(r.generators as usize, generators);
+        let reports: Vec<_> = delivered
+            .values()
+            .filter(|d| d.step == step)
+            .map(|d| d.report.clone())
+            .collect();
+        assert_eq!(reports.len(), generators, "step {step}");
+        let expected = loopscale::results::measure(&reports).unwrap();
+        assert_eq!(r.requests, expected.requests, "{r:?}");
+        assert!(r.requests > 0 && r.error_ratio == 0.0, "{r:?}");
+        assert!(
+            (r.throughput_rps - expected.throughput_rps).abs() < 1e-9,
+            "{r:?} vs {expected:?}"
+        );
+        assert_eq!(r.latency_ms.p99, expected.latency_ms.p99);
+        eprintln!(
+            "step {step} ({}): {} req, {:.1} req/s, p99 {:.1} ms",
+            r.key, r.requests, r.throughput_rps, r.latency_ms.p99
+        );
+        out.push(reports);
+    }
+    out
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_lint_and_template_are_clean() {
@@ -49,6 +109,48 @@ async fn helm_lint_and_template_are_clean() {
         } else {
             assert!(out.contains("kind: ServiceMonitor") && out.contains("kind: PodMonitor"));
         }
+    }
+    // The reference images come from values, and every LOOPSCALE_* env var the chart gives the
+    // operator is one the binary reads.
+    let out = ok(&run_tool(
+        "helm",
+        &[
+            "template",
+            "t",
+            chart,
+            "--set",
+            "referenceImages.express.repository=reg.test/express",
+            "--set",
+            "referenceImages.fastapi.tag=v9",
+        ],
+        None,
+    ));
+    let chart_yaml: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_root().join("charts/loopscale/Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    let app_version = chart_yaml["appVersion"].as_str().unwrap();
+    assert!(
+        out.contains(&format!("value: \"reg.test/express:{app_version}\"")),
+        "{out}"
+    );
+    assert!(
+        out.contains("value: \"ghcr.io/loopscale/loopscale-reference-fastapi:v9\""),
+        "{out}"
+    );
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_loopscale"))
+        .args(["operator", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for name in out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- name: LOOPSCALE_"))
+    {
+        assert!(
+            help.contains(&format!("env: LOOPSCALE_{name}")),
+            "the chart sets LOOPSCALE_{name}, which `loopscale operator` does not read"
+        );
     }
 }
 
@@ -92,25 +194,12 @@ async fn an_experiment_runs_to_succeeded_in_a_restricted_namespace() {
     let operator = Operator::start();
     let stand_in = StandIn::start(admin.clone(), ns.clone());
     ok(&apply(&ns, &small_experiment("run", "")));
-    let exp = wait_phase(
-        &admin,
-        &ns,
-        "run",
-        &[Phase::Succeeded, Phase::Failed],
-        Duration::from_secs(180),
-    )
-    .await;
+    let exp = wait_succeeded(&admin, &ns, "run", &operator).await;
     eprintln!(
         "experiment of 4 steps: {:.1} s from apply to Succeeded",
         started.elapsed().as_secs_f64()
     );
     let status = exp.status.clone().unwrap();
-    assert_eq!(
-        status.phase,
-        Phase::Succeeded,
-        "{status:#?}\n{}",
-        operator.log_text()
-    );
     assert_eq!(status.results.len(), 4);
     let keys: Vec<StepKey> = status.results.iter().map(|r| r.key).collect();
     assert_eq!(
@@ -122,31 +211,7 @@ async fn an_experiment_runs_to_succeeded_in_a_restricted_namespace() {
     // (real `loopscale-workload load` runs against a real server on loopback; see StandIn).
     let delivered = stand_in.delivered.lock().unwrap().clone();
     assert_eq!(delivered.len(), 8, "two generators per step: {delivered:?}");
-    for (i, r) in status.results.iter().enumerate() {
-        assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
-        assert_eq!(r.generators, 2);
-        let reports: Vec<_> = delivered
-            .values()
-            .filter(|d| d.step == i as u32 + 1)
-            .map(|d| d.report.clone())
-            .collect();
-        assert_eq!(reports.len(), 2, "step {}", i + 1);
-        let expected = loopscale::results::measure(&reports).unwrap();
-        assert_eq!(r.requests, expected.requests, "{r:?}");
-        assert!(r.requests > 0 && r.error_ratio == 0.0, "{r:?}");
-        assert!(
-            (r.throughput_rps - expected.throughput_rps).abs() < 1e-9,
-            "{r:?} vs {expected:?}"
-        );
-        assert_eq!(r.latency_ms.p99, expected.latency_ms.p99);
-        eprintln!(
-            "step {}: {} req, {:.1} req/s, p99 {:.1} ms",
-            i + 1,
-            r.requests,
-            r.throughput_rps,
-            r.latency_ms.p99
-        );
-    }
+    assert_results_merge_their_reports(&status, &delivered, 2);
     assert_eq!(status.progress.as_deref(), Some("4/4"));
     assert!(status.current_step.is_none());
 
@@ -525,5 +590,87 @@ async fn a_workload_that_never_becomes_ready_fails_its_step_after_step_timeout()
     assert!(events
         .iter()
         .any(|e| e.reason.as_deref() == Some("ExperimentFailed")));
+    drop(operator);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_experiment_runs_the_real_servers_images_and_completes() {
+    let _serial = serial().await;
+    let admin = admin().await;
+    let (ns, _cleanup) = restricted_namespace(&admin, "ls-reference").await;
+    let operator = Operator::start();
+    // Kwok runs no containers: one stand-in runs the real server each reference Deployment's
+    // image holds, with the Deployment's env; the other runs the load pods against it.
+    let servers = ReferenceStandIn::start(admin.clone(), ns.clone());
+    let stand_in = StandIn::start_routed(admin.clone(), ns.clone(), Some(servers.routes.clone()));
+    let yaml = small_experiment("real", "")
+        .replace(
+            "    modes: [event-loop, thread-pool]\n",
+            "    implementation: reference\n    modes: [event-loop, thread-pool]\n    threadPoolSize: 8\n    libuvThreadPoolSize: 2\n",
+        )
+        .replace(
+            "  matrix: {processes: [1], replicas: [1, 2]}",
+            "  matrix: {processes: [2], replicas: [1]}",
+        );
+    ok(&apply(&ns, &yaml));
+    let exp = wait_succeeded(&admin, &ns, "real", &operator).await;
+    let status = exp.status.clone().unwrap();
+    assert_eq!(status.implementation, Some(Implementation::Reference));
+
+    // Each step's Deployment ran the reference image of its mode, with the env the real server
+    // reads (which accepted it: it answered /readyz), probes on /readyz and /healthz.
+    let runs = servers.runs.lock().unwrap().clone();
+    let routes = servers.routes.lock().unwrap().clone();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for (i, key) in plan(&exp.spec).iter().enumerate() {
+        let step = i as u32 + 1;
+        let run = &runs[&step];
+        let (image, server) = match key.mode {
+            Mode::EventLoop => (REFERENCE_EXPRESS_IMAGE, "express"),
+            Mode::ThreadPool => (REFERENCE_FASTAPI_IMAGE, "fastapi"),
+        };
+        assert_eq!(run.container.image.as_deref(), Some(image));
+        assert_eq!(run.server, server);
+        assert_eq!(run.container.args, None, "the image's own command");
+        let env: std::collections::BTreeMap<_, _> = run
+            .container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(env["LOOPSCALE_PROCESSES"], "2");
+        assert_eq!(env["PORT"], "8080");
+        assert!(!env.contains_key("LOOPSCALE_REQUEST_OVERHEAD_US"));
+        match key.mode {
+            Mode::EventLoop => assert_eq!(env["LOOPSCALE_LIBUV_THREADPOOL_SIZE"], "2"),
+            Mode::ThreadPool => assert_eq!(env["LOOPSCALE_THREADPOOL_SIZE"], "8"),
+        }
+        let path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|g| g.path.clone())
+        };
+        assert_eq!(
+            path(&run.container.readiness_probe).as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            path(&run.container.liveness_probe).as_deref(),
+            Some("/healthz")
+        );
+        assert_eq!(routes.get(&step), Some(&run.url), "step {step} never ready");
+    }
+
+    // The pods were admitted under "restricted" (else no replica would have become ready), and
+    // each step's result is the merge of reports of load against that step's real server.
+    let delivered = stand_in.delivered.lock().unwrap().clone();
+    let reports = assert_results_merge_their_reports(&status, &delivered, 2);
+    for (i, step_reports) in reports.iter().enumerate() {
+        let url = &runs[&(i as u32 + 1)].url;
+        for report in step_reports {
+            assert_eq!(report.generator.targets, std::slice::from_ref(url));
+        }
+    }
     drop(operator);
 }

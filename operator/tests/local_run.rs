@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loopscale::crd::{Experiment, Mode, Outcome, Phase};
+use loopscale::crd::{Experiment, Implementation, Mode, Outcome, Phase};
 
 /// The runs compete for the same 2 CPUs: never run them side by side. The first caller also
 /// moves the test process (and so every process `loopscale run` starts) into its own scheduler
@@ -111,6 +111,20 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitS
     }
 }
 
+/// The exit status of a run that should be over within 5 s, and its stdout (the table).
+fn finish(child: &mut Child) -> (std::process::ExitStatus, String) {
+    let status = wait_with_deadline(child, Duration::from_secs(5));
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    eprintln!("{stdout}");
+    (status, stdout)
+}
+
 fn scrape(addr: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -178,15 +192,7 @@ fn quick_example_runs_end_to_end_and_obeys_the_model() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let status = wait_with_deadline(&mut child, Duration::from_secs(5));
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    eprintln!("{stdout}");
+    let (status, stdout) = finish(&mut child);
     assert!(status.success(), "loopscale run failed: {status}");
     let metrics = scraped.expect("result metrics were served while the run went on");
     assert!(metrics.contains(r#"namespace="local""#) && metrics.contains(r#"experiment="quick""#));
@@ -296,4 +302,121 @@ fn ctrl_c_stops_every_child_and_writes_partial_results() {
         .unwrap()
         .contains("Partial results"));
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Command lines of the live processes started by the run in `out`.
+fn run_command_lines(out: &Path) -> Vec<String> {
+    survivors(out)
+        .into_iter()
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .collect()
+}
+
+#[test]
+fn reference_example_runs_the_real_express_and_fastapi() {
+    let _serial = serial();
+    let reference = repo().join("workload/reference");
+    assert!(
+        reference.join("express/node_modules/express").is_dir()
+            && reference.join("fastapi/.venv/bin/uvicorn").is_file(),
+        "the reference servers are not installed: run workload/reference/install (make unit does)"
+    );
+    let out = out_dir("reference");
+    let (mut child, _lines) = start_run(
+        &repo().join("deploy/examples/reference.yaml"),
+        &out,
+        &["--reference-dir", reference.to_str().unwrap()],
+    );
+    // While it runs, the replicas are the real servers, started from the reference dir.
+    let (mut express, mut fastapi) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        for line in run_command_lines(&out) {
+            express |= line.starts_with("node ") && line.contains("reference/express/server.js");
+            fastapi |= line.contains("fastapi/.venv/bin/python")
+                && line.contains("reference/fastapi/server.py");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, stdout) = finish(&mut child);
+    assert!(status.success(), "loopscale run failed: {status}");
+    assert!(express, "no `node .../express/server.js` replica was seen");
+    assert!(
+        fastapi,
+        "no `.venv/bin/python .../fastapi/server.py` replica was seen"
+    );
+
+    let experiment: Experiment =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let st = experiment.status.unwrap();
+    assert_eq!(st.implementation, Some(Implementation::Reference));
+    assert_eq!(st.phase, Phase::Succeeded);
+    assert_eq!(st.results.len(), 4, "every step has a result");
+    for r in &st.results {
+        assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+        assert!(r.throughput_rps > 0.0 && r.requests > 0, "{r:?}");
+        assert!(r.error_ratio < 0.01, "{r:?}");
+        // 10 ms of CPU per request: one Express event loop, or one CPython process under the
+        // GIL, serves at most ~100 req/s (a server that skipped the work would serve far more).
+        if r.key.processes == 1 {
+            assert!(
+                r.throughput_rps <= 100.0 * 1.05,
+                "{} at 1 process: {:.1} req/s exceeds one core",
+                r.key.mode,
+                r.throughput_rps
+            );
+        }
+    }
+    assert!(stdout.contains("real Express") && stdout.contains("real FastAPI"));
+    assert!(
+        survivors(&out).is_empty(),
+        "reference servers outlived the run: {:?}",
+        run_command_lines(&out)
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn reference_servers_that_are_not_installed_fail_their_steps_saying_how_to_install() {
+    let _serial = serial();
+    // The scripts are there, their packages are not (a fresh clone before the install).
+    let dir = out_dir("reference-missing");
+    let reference = dir.join("reference");
+    for script in ["express/server.js", "fastapi/server.py"] {
+        let path = reference.join(script);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "").unwrap();
+    }
+    let out = dir.join("out");
+    let (mut child, _lines) = start_run(
+        &repo().join("deploy/examples/reference.yaml"),
+        &out,
+        &["--reference-dir", reference.to_str().unwrap()],
+    );
+    let status = wait_with_deadline(&mut child, Duration::from_secs(60));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "an experiment whose every step failed exits 1"
+    );
+    let experiment: Experiment =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let st = experiment.status.unwrap();
+    assert_eq!(st.phase, Phase::Failed);
+    assert_eq!(st.results.len(), 4, "every step was tried");
+    for r in &st.results {
+        assert_eq!(r.outcome, Outcome::Failed);
+        let reason = r.reason.clone().unwrap_or_default();
+        let server = match r.key.mode {
+            Mode::EventLoop => "express",
+            Mode::ThreadPool => "fastapi",
+        };
+        assert!(
+            reason.contains(&format!("the {server} reference server is not installed"))
+                && reason.contains("workload/reference/install"),
+            "{reason}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

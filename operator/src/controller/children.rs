@@ -7,18 +7,20 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, SecurityContext, Service,
-    ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
-    WeightedPodAffinityTerm,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, SecurityContext,
+    Service, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeProjection, WeightedPodAffinityTerm,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{Experiment, Mode, StepKey};
+use crate::crd::{Experiment, Implementation, Mode, StepKey};
 use crate::planner::GeneratorLoad;
+use crate::reference::ReferenceImages;
 
 /// Label on every child: the owning Experiment's UID (names can exceed a label value's 63 bytes).
 pub const LABEL_EXPERIMENT_UID: &str = "loopscale.dev/experiment-uid";
@@ -28,6 +30,8 @@ pub const LABEL_EXPERIMENT: &str = "loopscale.dev/experiment";
 pub const LABEL_STEP: &str = "loopscale.dev/step";
 /// Label on every child: `workload` or `load`.
 pub const LABEL_COMPONENT: &str = "loopscale.dev/component";
+/// Label on the workload pods: `emulated` or `reference` (which servers play the modes).
+pub const LABEL_IMPLEMENTATION: &str = "loopscale.dev/implementation";
 /// Labels carrying the step's key, so the observed children say which step they belong to.
 pub const LABEL_MODE: &str = "loopscale.dev/mode";
 /// See [`LABEL_MODE`].
@@ -57,7 +61,9 @@ pub const LOAD_BACKOFF_LIMIT: i32 = 2;
 pub struct ChildSettings {
     /// Image of the workload (`serve`) and load (`load`) roles, unless the spec names one.
     pub workload_image: String,
-    /// Pull policy for that image (`IfNotPresent` for kind-loaded images).
+    /// Images of the real servers that play the modes with `implementation: reference`.
+    pub reference_images: ReferenceImages,
+    /// Pull policy of every child's image (`IfNotPresent` for kind-loaded images).
     pub image_pull_policy: Option<String>,
 }
 
@@ -229,47 +235,100 @@ fn image(exp: &Experiment, settings: &ChildSettings) -> String {
         .unwrap_or_else(|| settings.workload_image.clone())
 }
 
-/// The workload server's environment for a step (DESIGN.md's env table).
+/// The workload server's environment for a step: the planner's (the same as the local
+/// backend's) plus the port.
 pub fn workload_env(exp: &Experiment, key: &StepKey) -> Vec<EnvVar> {
-    let w = &exp.spec.workload;
-    let mut e = vec![
-        env("LOOPSCALE_MODE", key.mode.as_str()),
-        env("LOOPSCALE_PROCESSES", key.processes),
-        env("LOOPSCALE_THREADPOOL_SIZE", w.thread_pool_size),
-        env("LOOPSCALE_GIL", w.gil),
-        env("LOOPSCALE_GIL_SWITCH_INTERVAL_MS", w.gil_switch_interval_ms),
-        env("LOOPSCALE_LIBUV_THREADPOOL_SIZE", w.libuv_thread_pool_size),
-        env("LOOPSCALE_REQUEST_OVERHEAD_US", w.request_overhead_us),
-        env("PORT", WORKLOAD_PORT),
-    ];
-    if let Some(b) = w.balancing {
-        let v = match b {
-            crate::crd::Balancing::RoundRobin => "round-robin",
-            crate::crd::Balancing::SharedSocket => "shared-socket",
-        };
-        e.push(env("LOOPSCALE_BALANCING", v));
-    }
+    let mut e: Vec<EnvVar> = crate::planner::workload_env(&exp.spec, key)
+        .into_iter()
+        .map(|(name, value)| env(&name, value))
+        .collect();
+    e.push(env("PORT", WORKLOAD_PORT));
     e
 }
 
-/// The step's workload Deployment: `replicas` pods of `loopscale-workload serve`, ready when
-/// `/readyz` answers.
+/// Image and arguments of the step's workload container: `loopscale-workload serve`, or the
+/// reference image of the step's mode with its own command.
+pub fn workload_image(
+    exp: &Experiment,
+    key: &StepKey,
+    settings: &ChildSettings,
+) -> (String, Option<Vec<String>>) {
+    match exp.spec.workload.implementation {
+        Implementation::Emulated => (image(exp, settings), Some(vec!["serve".into()])),
+        Implementation::Reference => (
+            settings.reference_images.for_mode(key.mode).to_string(),
+            None,
+        ),
+    }
+}
+
+/// Name of the workload container's port. The reference servers have no `/metrics`, so their
+/// port is not called `http`, the name the chart's PodMonitor scrapes.
+fn workload_port_name(exp: &Experiment) -> &'static str {
+    match exp.spec.workload.implementation {
+        Implementation::Emulated => "http",
+        Implementation::Reference => "web",
+    }
+}
+
+/// The step's workload Deployment: `replicas` pods of `loopscale-workload serve` (or of the
+/// mode's reference server), ready when `/readyz` answers, restarted only when `/healthz` has
+/// not answered for a minute. The probes are patient because a CPU-bound step keeps an event
+/// loop busy for a long time by design: a probe that failed under load would take a replica out
+/// of the Service (or restart it) in the middle of a measurement.
 pub fn workload_deployment(
     exp: &Experiment,
     children: &StepChildren,
     key: &StepKey,
     settings: &ChildSettings,
 ) -> Deployment {
-    let pod_labels = with_component(&children.labels, "workload");
-    let probe = Probe {
+    let mut pod_labels = with_component(&children.labels, "workload");
+    pod_labels.insert(
+        LABEL_IMPLEMENTATION.into(),
+        exp.spec.workload.implementation.as_str().into(),
+    );
+    let port = workload_port_name(exp);
+    let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
-            path: Some("/readyz".into()),
-            port: IntOrString::String("http".into()),
+            path: Some(path.into()),
+            port: IntOrString::String(port.into()),
             ..Default::default()
         }),
-        period_seconds: Some(2),
-        failure_threshold: Some(3),
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(failures),
         ..Default::default()
+    };
+    let (image, args) = workload_image(exp, key, settings);
+    let reference = exp.spec.workload.implementation == Implementation::Reference;
+    let mut pod_security = restricted_pod_security();
+    if reference {
+        // Each reference image runs as its own numeric non-root USER (see their Dockerfiles);
+        // runAsNonRoot makes the kubelet check it.
+        pod_security.run_as_user = None;
+        pod_security.run_as_group = None;
+    }
+    // Neither reference server writes files (strace of both with 2 workers under load showed
+    // no file opened for writing), so the root filesystem stays read-only; /tmp is scratch
+    // space should a runtime want one (Python's tempfile, Node's os.tmpdir()).
+    let (volumes, mounts) = if reference {
+        (
+            Some(vec![Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    size_limit: Some(Quantity("64Mi".into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            Some(vec![VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..Default::default()
+            }]),
+        )
+    } else {
+        (None, None)
     };
     Deployment {
         metadata: meta(exp, &children.workload, pod_labels.clone()),
@@ -286,24 +345,27 @@ pub fn workload_deployment(
                 }),
                 spec: Some(PodSpec {
                     automount_service_account_token: Some(false),
-                    security_context: Some(restricted_pod_security()),
+                    security_context: Some(pod_security),
                     termination_grace_period_seconds: Some(10),
                     containers: vec![Container {
                         name: "workload".into(),
-                        image: Some(image(exp, settings)),
+                        image: Some(image),
                         image_pull_policy: settings.image_pull_policy.clone(),
-                        args: Some(vec!["serve".into()]),
+                        args,
                         env: Some(workload_env(exp, key)),
                         ports: Some(vec![ContainerPort {
-                            name: Some("http".into()),
+                            name: Some(port.into()),
                             container_port: WORKLOAD_PORT,
                             ..Default::default()
                         }]),
-                        readiness_probe: Some(probe),
+                        readiness_probe: Some(probe("/readyz", 2, 3)),
+                        liveness_probe: Some(probe("/healthz", 10, 6)),
                         resources: exp.spec.workload.resources.clone(),
                         security_context: Some(restricted_container_security()),
+                        volume_mounts: mounts,
                         ..Default::default()
                     }],
+                    volumes,
                     ..Default::default()
                 }),
             },
@@ -326,7 +388,8 @@ pub fn workload_service(exp: &Experiment, children: &StepChildren) -> Service {
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: WORKLOAD_PORT,
-                target_port: Some(IntOrString::String("http".into())),
+                // By number: the container port's name depends on the implementation.
+                target_port: Some(IntOrString::Int(WORKLOAD_PORT)),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -490,7 +553,7 @@ spec:
     resources: {{requests: {{cpu: 250m}}}}
   scenario: {{route: cpu, cpuMillis: 10}}
   matrix: {{processes: [2], replicas: [3]}}
-  load: {{model: open, rate: 401, generators: 2, warmup: 1s, duration: 2s}}
+  load: {{model: open, rate: 400, generators: 2, warmup: 1s, duration: 2s}}
 "#
         );
         let mut e = validate_manifest(&yaml).unwrap();
@@ -501,6 +564,10 @@ spec:
     fn settings() -> ChildSettings {
         ChildSettings {
             workload_image: "loopscale-workload:test".into(),
+            reference_images: ReferenceImages {
+                express: "loopscale-reference-express:test".into(),
+                fastapi: "loopscale-reference-fastapi:test".into(),
+            },
             image_pull_policy: Some("IfNotPresent".into()),
         }
     }
@@ -523,7 +590,7 @@ spec:
         }
         for v in pod.volumes.iter().flatten() {
             assert!(
-                v.projected.is_some(),
+                v.projected.is_some() || v.empty_dir.is_some(),
                 "restricted allows only listed volume types: {v:?}"
             );
         }
@@ -630,7 +697,7 @@ spec:
         assert!(args
             .windows(2)
             .any(|w| w == ["--target", "http://x-s1.lab.svc:8080"]));
-        // 401 over 2 generators: both run the smaller share.
+        // 400 over 2 generators (the CRD wants a multiple): 200 each.
         assert!(args.windows(2).any(|w| w == ["--rate", "200"]), "{args:?}");
         assert!(args.windows(2).any(|w| w == ["--path", "/cpu?ms=10"]));
         assert!(args.contains(&"--publish-configmap".to_string()));
@@ -640,6 +707,89 @@ spec:
             .as_ref()
             .unwrap();
         assert_eq!(token.audience.as_deref(), Some(REPORT_TOKEN_AUDIENCE));
+    }
+
+    fn env_of(c: &Container) -> BTreeMap<String, String> {
+        c.env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_reference_experiment_runs_the_real_server_of_each_mode() {
+        let yaml = r#"
+apiVersion: loopscale.dev/v1alpha1
+kind: Experiment
+metadata: {name: real, namespace: lab}
+spec:
+  workload:
+    implementation: reference
+    modes: [event-loop, thread-pool]
+    threadPoolSize: 8
+    libuvThreadPoolSize: 6
+  scenario: {route: cpu, cpuMillis: 10}
+  matrix: {processes: [2], replicas: [1]}
+  load: {model: closed, concurrency: 4, warmup: 1s, duration: 2s}
+"#;
+        let mut exp = validate_manifest(yaml).unwrap();
+        exp.metadata.uid = Some("uid-real".into());
+        let steps = plan(&exp.spec);
+        let mut seen = Vec::new();
+        for (i, key) in steps.iter().enumerate() {
+            let c = step_children(&exp, i as u32 + 1, key);
+            let d = workload_deployment(&exp, &c, key, &settings());
+            let pod = d.spec.as_ref().unwrap().template.spec.clone().unwrap();
+            assert_restricted(&pod);
+            // The image's own non-root USER, checked by the kubelet (runAsNonRoot).
+            let psc = pod.security_context.as_ref().unwrap();
+            assert_eq!((psc.run_as_user, psc.run_as_non_root), (None, Some(true)));
+            let ctr = &pod.containers[0];
+            assert_eq!(ctr.args, None, "the image's own command runs the server");
+            let env = env_of(ctr);
+            assert_eq!(env["LOOPSCALE_PROCESSES"], "2");
+            assert_eq!(env["PORT"], "8080");
+            assert!(!env.contains_key("LOOPSCALE_REQUEST_OVERHEAD_US"));
+            let probe_path = |p: &Option<Probe>| {
+                let get = p.as_ref().unwrap().http_get.clone().unwrap();
+                (get.path.unwrap(), get.port)
+            };
+            let web = IntOrString::String("web".into());
+            assert_eq!(
+                probe_path(&ctr.readiness_probe),
+                ("/readyz".into(), web.clone())
+            );
+            assert_eq!(probe_path(&ctr.liveness_probe), ("/healthz".into(), web));
+            // A writable /tmp on an emptyDir; the root filesystem stays read-only.
+            let mount = &ctr.volume_mounts.as_ref().unwrap()[0];
+            assert_eq!(mount.mount_path, "/tmp");
+            let labels = d.spec.as_ref().unwrap().template.metadata.clone().unwrap();
+            assert_eq!(labels.labels.unwrap()[LABEL_IMPLEMENTATION], "reference");
+            seen.push((key.mode, ctr.image.clone().unwrap(), env));
+        }
+        let (mode, image, env) = &seen[0];
+        assert_eq!(*mode, Mode::EventLoop);
+        assert_eq!(image, "loopscale-reference-express:test");
+        assert_eq!(env["LOOPSCALE_LIBUV_THREADPOOL_SIZE"], "6");
+        let (mode, image, env) = &seen[1];
+        assert_eq!(*mode, Mode::ThreadPool);
+        assert_eq!(image, "loopscale-reference-fastapi:test");
+        assert_eq!(env["LOOPSCALE_THREADPOOL_SIZE"], "8");
+        assert_eq!(env["LOOPSCALE_GIL"], "true");
+        // The load still runs loopscale-workload, and the Service reaches either port.
+        let c = step_children(&exp, 1, &steps[0]);
+        let job = load_job(&exp, &c, &generator_loads(&exp.spec), &settings());
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some("loopscale-workload:test")
+        );
+        let svc = workload_service(&exp, &c);
+        assert_eq!(
+            svc.spec.unwrap().ports.unwrap()[0].target_port,
+            Some(IntOrString::Int(WORKLOAD_PORT))
+        );
     }
 
     #[test]

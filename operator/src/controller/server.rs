@@ -30,9 +30,26 @@ pub struct OperatorArgs {
     /// `spec.workload.image` names another.
     #[arg(long, env = "LOOPSCALE_WORKLOAD_IMAGE")]
     pub workload_image: String,
-    /// Pull policy of that image (unset: Kubernetes' default for the tag).
+    /// Pull policy of the workload, load and reference images (unset: Kubernetes' default for
+    /// the tag).
     #[arg(long, env = "LOOPSCALE_WORKLOAD_IMAGE_PULL_POLICY")]
     pub workload_image_pull_policy: Option<String>,
+    /// Image of the real Express server (`workload/reference/express/Dockerfile`) that plays
+    /// event-loop mode in Experiments with `spec.workload.implementation: reference`.
+    #[arg(
+        long,
+        env = "LOOPSCALE_REFERENCE_EXPRESS_IMAGE",
+        default_value = concat!("ghcr.io/loopscale/loopscale-reference-express:", env!("CARGO_PKG_VERSION"))
+    )]
+    pub reference_express_image: String,
+    /// Image of the real FastAPI server (`workload/reference/fastapi/Dockerfile`) that plays
+    /// thread-pool mode in Experiments with `spec.workload.implementation: reference`.
+    #[arg(
+        long,
+        env = "LOOPSCALE_REFERENCE_FASTAPI_IMAGE",
+        default_value = concat!("ghcr.io/loopscale/loopscale-reference-fastapi:", env!("CARGO_PKG_VERSION"))
+    )]
+    pub reference_fastapi_image: String,
     /// ClusterRole (from the chart) that the per-namespace `loopscale-load` ServiceAccount is
     /// bound to: `create` on ConfigMaps, nothing else.
     #[arg(
@@ -117,6 +134,10 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
 
     let settings = ChildSettings {
         workload_image: args.workload_image,
+        reference_images: crate::reference::ReferenceImages {
+            express: args.reference_express_image,
+            fastapi: args.reference_fastapi_image,
+        },
         image_pull_policy: args.workload_image_pull_policy,
     };
     let ctx = super::context(client.clone(), settings, args.load_cluster_role, metrics);

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -20,6 +21,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use loopscale::crd::{Experiment, Phase};
 use loopscale_workload::report::{new_histogram, Counts, GeneratorInfo, LoadModel, Report};
+
+/// Reference images the test operator is given (never pulled: kwok runs no containers).
+pub const REFERENCE_EXPRESS_IMAGE: &str = "registry.invalid/loopscale-reference-express:test";
+/// See [`REFERENCE_EXPRESS_IMAGE`].
+pub const REFERENCE_FASTAPI_IMAGE: &str = "registry.invalid/loopscale-reference-fastapi:test";
 
 /// Namespace and release of the chart under test.
 pub const RELEASE_NS: &str = "loopscale-system";
@@ -178,6 +184,10 @@ impl Operator {
             .args([
                 "--workload-image",
                 "registry.invalid/loopscale-workload:test",
+                "--reference-express-image",
+                REFERENCE_EXPRESS_IMAGE,
+                "--reference-fastapi-image",
+                REFERENCE_FASTAPI_IMAGE,
             ])
             .args(["--load-cluster-role", &format!("{RELEASE}-load")])
             .env("KUBECONFIG", &kubeconfig)
@@ -458,10 +468,19 @@ pub struct StandIn {
     _server: LocalServer,
 }
 
+/// Per step (`loopscale.dev/step`): the loopback URL that stands in for the step's Service.
+pub type Routes = std::sync::Arc<std::sync::Mutex<BTreeMap<u32, String>>>;
+
 impl StandIn {
     pub fn start(admin: Client, ns: String) -> StandIn {
+        Self::start_routed(admin, ns, None)
+    }
+
+    /// Like [`StandIn::start`], but a load pod whose step has an entry in `routes` loads that
+    /// URL (e.g. a reference server of [`ReferenceStandIn`]) and waits until it has one.
+    pub fn start_routed(admin: Client, ns: String, routes: Option<Routes>) -> StandIn {
         let server = LocalServer::start();
-        let target = server.url.clone();
+        let default_target = server.url.clone();
         let delivered = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         let done = delivered.clone();
         let task = tokio::spawn(async move {
@@ -478,10 +497,23 @@ impl StandIn {
                     if started.contains(&name) || pod.metadata.deletion_timestamp.is_some() {
                         continue;
                     }
+                    let target = match &routes {
+                        None => default_target.clone(),
+                        Some(routes) => {
+                            let step = pod
+                                .labels()
+                                .get("loopscale.dev/step")
+                                .and_then(|s| s.parse::<u32>().ok())
+                                .unwrap_or(0);
+                            match routes.lock().unwrap().get(&step) {
+                                Some(url) => url.clone(),
+                                None => continue, // its server is not up yet
+                            }
+                        }
+                    };
                     started.insert(name.clone());
                     let admin = admin.clone();
                     let ns = ns.clone();
-                    let target = target.clone();
                     let done = done.clone();
                     tokio::spawn(async move {
                         match run_load_pod(&admin, &ns, &pod, &target).await {
@@ -653,4 +685,165 @@ spec:
   stepTimeout: 1m
 {extra_spec}"#
     )
+}
+
+/// What [`ReferenceStandIn`] saw of a reference workload Deployment and the server it started.
+#[derive(Debug, Clone)]
+pub struct ReferenceRun {
+    /// The Deployment's container, as the operator made it.
+    pub container: k8s_openapi::api::core::v1::Container,
+    /// Its pod template's spec.
+    pub pod: k8s_openapi::api::core::v1::PodSpec,
+    /// `express` or `fastapi`: the server started for its image.
+    pub server: &'static str,
+    /// Loopback URL of that server once `/readyz` answered 200.
+    pub url: String,
+}
+
+/// STAND-IN FOR THE KUBELET OF REFERENCE WORKLOAD PODS — kwok runs no containers. For each
+/// workload Deployment in the namespace whose image is one of the test operator's reference
+/// images, this runs what that image runs: the real Express or FastAPI server from
+/// `workload/reference` (installed by `workload/reference/install`), with the container's env
+/// (so the real server must accept every value the operator sets), on a free loopback port
+/// instead of the pod's 8080. Once its `/readyz` answers 200 the step's URL goes into `routes`,
+/// where [`StandIn::start_routed`] points that step's load pods.
+pub struct ReferenceStandIn {
+    task: tokio::task::JoinHandle<()>,
+    /// Per step: what was seen and started.
+    pub runs: std::sync::Arc<std::sync::Mutex<BTreeMap<u32, ReferenceRun>>>,
+    /// Per step: the server's URL, for the load stand-in.
+    pub routes: Routes,
+    children: std::sync::Arc<std::sync::Mutex<Vec<Child>>>,
+}
+
+impl ReferenceStandIn {
+    pub fn start(admin: Client, ns: String) -> ReferenceStandIn {
+        use k8s_openapi::api::apps::v1::Deployment;
+        use loopscale::reference::ReferenceServer;
+        let runs = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let routes: Routes = Default::default();
+        let children = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (runs_w, routes_w, children_w) = (runs.clone(), routes.clone(), children.clone());
+        let task = tokio::spawn(async move {
+            let deployments: Api<Deployment> = Api::namespaced(admin, &ns);
+            let reference_dir = repo_root().join("workload/reference");
+            loop {
+                let list = deployments
+                    .list(&ListParams::default().labels("loopscale.dev/component=workload"))
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default();
+                for d in list {
+                    let Some(step) = d
+                        .labels()
+                        .get("loopscale.dev/step")
+                        .and_then(|s| s.parse::<u32>().ok())
+                    else {
+                        continue;
+                    };
+                    if runs_w.lock().unwrap().contains_key(&step) {
+                        continue;
+                    }
+                    let pod = d.spec.clone().unwrap().template.spec.unwrap();
+                    let container = pod.containers[0].clone();
+                    let server = match container.image.as_deref() {
+                        Some(REFERENCE_EXPRESS_IMAGE) => ReferenceServer::Express,
+                        Some(REFERENCE_FASTAPI_IMAGE) => ReferenceServer::FastApi,
+                        _ => continue,
+                    };
+                    let cmd = server.local_command(&reference_dir);
+                    let port = std::net::TcpListener::bind("127.0.0.1:0")
+                        .unwrap()
+                        .local_addr()
+                        .unwrap()
+                        .port();
+                    let mut command = Command::new(&cmd.program);
+                    command.args(&cmd.args);
+                    for e in container.env.iter().flatten() {
+                        command.env(&e.name, e.value.clone().unwrap_or_default());
+                    }
+                    let spawned = command
+                        .env("PORT", port.to_string())
+                        .env("HOST", "127.0.0.1")
+                        .env("PYTHONDONTWRITEBYTECODE", "1")
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::inherit())
+                        .process_group(0)
+                        .spawn();
+                    match spawned {
+                        Ok(child) => children_w.lock().unwrap().push(child),
+                        // The step then never gets a route, and the test's wait says which.
+                        Err(e) => eprintln!(
+                            "reference stand-in: cannot start {} (run workload/reference/install): {e}",
+                            cmd.program.display()
+                        ),
+                    }
+                    let url = format!("http://127.0.0.1:{port}");
+                    runs_w.lock().unwrap().insert(
+                        step,
+                        ReferenceRun {
+                            container,
+                            pod,
+                            server: server.name(),
+                            url: url.clone(),
+                        },
+                    );
+                    let routes = routes_w.clone();
+                    tokio::spawn(async move {
+                        let deadline = Instant::now() + Duration::from_secs(30);
+                        while Instant::now() < deadline {
+                            if readyz(port).await == Some(200) {
+                                routes.lock().unwrap().insert(step, url);
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        eprintln!("reference stand-in: step {step}'s server never became ready");
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        ReferenceStandIn {
+            task,
+            runs,
+            routes,
+            children,
+        }
+    }
+}
+
+impl Drop for ReferenceStandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+        for child in self.children.lock().unwrap().iter_mut() {
+            // The process group: the cluster primary or uvicorn supervisor and its workers.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Status code of `GET /readyz` on a loopback port, if it answers.
+async fn readyz(port: u16) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
