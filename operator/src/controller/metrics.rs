@@ -6,6 +6,24 @@ use prometheus::{histogram_opts, opts, Histogram, IntCounter, IntCounterVec, Reg
 use crate::crd::ExperimentStatus;
 use crate::metrics::ExperimentMetrics;
 
+/// The error kinds ([`super::Error::metric_label`]) registered at zero when the operator starts,
+/// so that the "errors" panels and the error ratio show 0 rather than "no data" while nothing has
+/// failed: the kinds that are not API errors, and the API statuses a reconcile can plausibly
+/// meet (RBAC denial, gone, conflict, invalid, throttled, server errors). Other API statuses still
+/// get counted; their series just appear on first use.
+pub const ERROR_KINDS: &[&str] = &[
+    "kube",
+    "serialization",
+    "missing_object_key",
+    "api_403",
+    "api_404",
+    "api_409",
+    "api_422",
+    "api_429",
+    "api_500",
+    "api_503",
+];
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -52,6 +70,9 @@ impl Metrics {
             .register(Box::new(reconciliations.clone()))
             .unwrap();
         registry.register(Box::new(errors.clone())).unwrap();
+        for kind in ERROR_KINDS {
+            errors.with_label_values(&[kind]);
+        }
         registry.register(Box::new(duration.clone())).unwrap();
         let experiments = ExperimentMetrics::register(&registry).expect("metric names are unique");
         Metrics {
@@ -100,8 +121,54 @@ mod tests {
             text.contains(r#"loopscale_operator_reconciliation_errors_total{error="api_409"} 1"#)
         );
         assert!(text.contains("loopscale_operator_reconcile_duration_seconds_count 1"));
+        // Pre-registered kinds keep their zero next to the one that happened.
+        assert!(
+            text.contains(r#"loopscale_operator_reconciliation_errors_total{error="kube"} 0"#),
+            "{text}"
+        );
         assert!(text.contains(
             r#"loopscale_experiment_phase{experiment="x",namespace="lab",phase="Running"} 1"#
         ));
+    }
+
+    #[test]
+    fn every_error_kind_is_exported_at_zero_before_any_reconcile() {
+        let text = Metrics::new().render();
+        for kind in ERROR_KINDS {
+            let line =
+                format!(r#"loopscale_operator_reconciliation_errors_total{{error="{kind}"}} 0"#);
+            assert!(text.contains(&line), "missing {line} in:\n{text}");
+        }
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("loopscale_operator_reconciliation_errors_total{"))
+            .count();
+        assert_eq!(series, ERROR_KINDS.len(), "{text}");
+        assert!(
+            text.contains("loopscale_operator_reconciliations_total 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pre_registered_kinds_are_labels_the_errors_really_get() {
+        use super::super::Error;
+        let api = |code: u16| {
+            Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            })))
+        };
+        let mut errors = vec![
+            Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
+            Error::Serialization(serde_json::from_str::<u8>("x").unwrap_err()),
+            Error::MissingObjectKey("uid"),
+        ];
+        errors.extend([403, 404, 409, 422, 429, 500, 503].map(api));
+        let labels: Vec<String> = errors.iter().map(Error::metric_label).collect();
+        assert_eq!(
+            labels, ERROR_KINDS,
+            "ERROR_KINDS and Error::metric_label disagree"
+        );
     }
 }
