@@ -1,7 +1,14 @@
 //! The monitoring wiring that cannot run here (kind needs a container engine) still has to fit
-//! together: the chart ships every dashboard verbatim as a sidecar ConfigMap, and the kind
+//! together: the chart ships every dashboard verbatim as a sidecar ConfigMap; the kind
 //! cluster config, the kube-prometheus-stack values, `up.sh` and the chart's values agree on
-//! ports and labels.
+//! ports and labels; and the chart's monitors select the pods the operator creates and give their
+//! targets exactly the labels a local run's targets carry, so one set of dashboards reads both.
+//!
+//! Prometheus itself is not run here for the monitors (there is no prometheus-operator); instead
+//! the tests translate each rendered PodMonitor endpoint the way prometheus-operator does
+//! ([`prometheus_operator_relabel_configs`]) and apply that to the discovery labels Prometheus's
+//! Kubernetes pod discovery gives the operator's pods ([`pod_discovery_labels`]) with the
+//! relabeling rules of Prometheus ([`relabel`]).
 //!
 //! `helm` comes from `HELM`, else `deploy/testenv/bin/helm` (built by `deploy/testenv/build`,
 //! which CI runs before the tests), else `PATH`.
@@ -9,6 +16,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use loopscale::controller::children::{
+    load_job, step_children, workload_deployment, ChildSettings,
+};
+use loopscale::crd::{Experiment, StepKey};
+use loopscale::planner::{generator_loads, plan};
+use loopscale::scrape_targets::{target_groups, Role, ScrapeTarget};
+use regex::Regex;
 use serde_yaml::Value;
 
 fn root() -> PathBuf {
@@ -246,4 +261,534 @@ fn kind_cluster_stack_values_and_up_script_agree() {
         );
         assert!(root().join(path).is_file(), "{path} exists");
     }
+}
+
+fn monitors_enabled() -> Vec<Value> {
+    render(&[
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "podMonitor.enabled=true",
+    ])
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind} rendered");
+    found[0]
+}
+
+fn str_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_mapping()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let v = v
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| serde_yaml::to_string(v).unwrap().trim().to_string());
+                    (k.as_str().unwrap().to_string(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Does a Kubernetes label selector (matchLabels and matchExpressions) select `labels`?
+fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = str_map(&selector["matchLabels"])
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector["matchExpressions"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e["key"].as_str().unwrap();
+            let values: Vec<&str> = e["values"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            let value = labels.get(key).map(String::as_str);
+            match e["operator"].as_str().unwrap() {
+                "In" => value.is_some_and(|v| values.contains(&v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(&v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                other => panic!("unknown selector operator {other}"),
+            }
+        });
+    by_labels && by_expressions
+}
+
+#[test]
+fn service_monitor_honors_the_operators_own_labels_and_selects_its_service() {
+    let docs = monitors_enabled();
+    let monitor = kind(&docs, "ServiceMonitor");
+    let service = kind(&docs, "Service");
+    let endpoints = monitor["spec"]["endpoints"].as_sequence().unwrap();
+    assert_eq!(endpoints.len(), 1);
+    // Without honorLabels the result gauges' namespace (the Experiment's) and experiment labels
+    // would become exported_namespace/exported_experiment and the scaling dashboard finds nothing.
+    assert_eq!(endpoints[0]["honorLabels"], true);
+    assert_eq!(endpoints[0]["path"], "/metrics");
+    let service_labels = str_map(&service["metadata"]["labels"]);
+    assert!(
+        selects(&monitor["spec"]["selector"], &service_labels),
+        "the ServiceMonitor's selector misses the operator's Service"
+    );
+    let port_names: Vec<&Value> = service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| &p["name"])
+        .collect();
+    assert!(port_names.contains(&&endpoints[0]["port"]));
+}
+
+fn lab_experiment() -> Experiment {
+    let yaml = r#"
+apiVersion: loopscale.dev/v1alpha1
+kind: Experiment
+metadata: {name: wiring, namespace: lab}
+spec:
+  workload: {modes: [thread-pool, event-loop]}
+  scenario: {route: cpu, cpuMillis: 10}
+  matrix: {processes: [2], replicas: [3]}
+  load: {model: closed, concurrency: 8, generators: 2, warmup: 1s, duration: 2s}
+"#;
+    let mut exp = loopscale::validation::validate_manifest(yaml).unwrap();
+    exp.metadata.uid = Some("5e1f0000-uid".into());
+    exp
+}
+
+/// The pod templates the operator creates for step 1: (role, template).
+fn operator_pod_templates(exp: &Experiment) -> (StepKey, Vec<(Role, PodTemplateSpec)>) {
+    let key = plan(&exp.spec)[0];
+    let children = step_children(exp, 1, &key);
+    let settings = ChildSettings {
+        workload_image: "loopscale-workload:test".into(),
+        image_pull_policy: None,
+    };
+    let deployment = workload_deployment(exp, &children, &key, &settings);
+    let job = load_job(exp, &children, &generator_loads(&exp.spec), &settings);
+    (
+        key,
+        vec![
+            (Role::Server, deployment.spec.unwrap().template),
+            (Role::Load, job.spec.unwrap().template),
+        ],
+    )
+}
+
+#[test]
+fn pod_monitor_selects_workload_and_load_pods_by_a_port_each_has_and_nothing_else() {
+    let docs = monitors_enabled();
+    let monitor = kind(&docs, "PodMonitor");
+    let spec = &monitor["spec"];
+    assert_eq!(spec["namespaceSelector"]["any"], true);
+    let endpoints = spec["podMetricsEndpoints"].as_sequence().unwrap();
+    let (_, templates) = operator_pod_templates(&lab_experiment());
+    for (role, template) in &templates {
+        let labels = template.metadata.as_ref().unwrap().labels.clone().unwrap();
+        assert!(
+            selects(&spec["selector"], &labels),
+            "{role:?} pods are not selected"
+        );
+        let ports: Vec<String> = template.spec.as_ref().unwrap().containers[0]
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.name.clone())
+            .collect();
+        let scraped: Vec<&str> = endpoints
+            .iter()
+            .map(|e| e["port"].as_str().unwrap())
+            .filter(|p| ports.iter().any(|q| q == p))
+            .collect();
+        assert_eq!(
+            scraped.len(),
+            1,
+            "{role:?} pod ports {ports:?}: one endpoint each"
+        );
+    }
+    for e in endpoints {
+        assert_eq!(e["path"], "/metrics");
+        assert_ne!(
+            e["honorLabels"], true,
+            "a pod's own metrics must not override the operator-set target labels"
+        );
+    }
+    // The chart's operator pod is another ServiceMonitor's business.
+    let operator = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the operator Deployment");
+    let operator_labels = str_map(&operator["spec"]["template"]["metadata"]["labels"]);
+    assert!(!selects(&spec["selector"], &operator_labels));
+
+    // Restricting namespaces swaps `any` for the list.
+    let docs = render(&[
+        "--set",
+        "podMonitor.enabled=true",
+        "--set",
+        "podMonitor.namespaces={lab,bench}",
+    ]);
+    let ns = &kind(&docs, "PodMonitor")["spec"]["namespaceSelector"];
+    assert_eq!(ns["any"], Value::Null);
+    assert_eq!(
+        ns["matchNames"],
+        serde_yaml::from_str::<Value>("[lab, bench]").unwrap()
+    );
+}
+
+/// One Prometheus relabel rule (`relabel_config`), with Prometheus's defaults.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RelabelConfig {
+    source_labels: Vec<String>,
+    separator: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_label: Option<String>,
+    regex: String,
+    replacement: String,
+    action: String,
+}
+
+impl RelabelConfig {
+    fn new(action: &str, source_labels: &[&str], regex: &str) -> Self {
+        RelabelConfig {
+            source_labels: source_labels.iter().map(|s| s.to_string()).collect(),
+            separator: ";".into(),
+            target_label: None,
+            regex: regex.into(),
+            replacement: "$1".into(),
+            action: action.into(),
+        }
+    }
+
+    fn set(target: &str, source: &str) -> Self {
+        let mut r = Self::new("replace", &[source], "(.*)");
+        r.target_label = Some(target.into());
+        r
+    }
+
+    /// A prometheus-operator `relabelings` entry (camelCase keys) with its defaults.
+    fn from_monitor(v: &Value) -> Self {
+        let sources: Vec<&str> = v["sourceLabels"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        let mut r = Self::new(
+            v["action"].as_str().unwrap_or("replace"),
+            &sources,
+            v["regex"].as_str().unwrap_or("(.*)"),
+        );
+        r.target_label = v["targetLabel"].as_str().map(str::to_string);
+        if let Some(sep) = v["separator"].as_str() {
+            r.separator = sep.into();
+        }
+        if let Some(rep) = v["replacement"].as_str() {
+            r.replacement = rep.into();
+        }
+        r
+    }
+}
+
+/// Prometheus's label name sanitizing for discovered Kubernetes labels.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// What prometheus-operator generates for one PodMonitor endpoint (its `generatePodMonitorConfig`):
+/// drop finished pods, keep the selector's pods and the endpoint's port, set `namespace`,
+/// `container`, `pod`, `job` and `endpoint`, then the endpoint's own `relabelings`.
+pub fn prometheus_operator_relabel_configs(
+    monitor: &Value,
+    endpoint: &Value,
+) -> Vec<RelabelConfig> {
+    let mut out = vec![RelabelConfig::new(
+        "drop",
+        &["__meta_kubernetes_pod_phase"],
+        "(Failed|Succeeded)",
+    )];
+    let selector = &monitor["spec"]["selector"];
+    let pair = |key: &str| {
+        let k = sanitize(key);
+        [
+            format!("__meta_kubernetes_pod_label_{k}"),
+            format!("__meta_kubernetes_pod_labelpresent_{k}"),
+        ]
+    };
+    for (key, value) in str_map(&selector["matchLabels"]) {
+        let [l, p] = pair(&key);
+        out.push(RelabelConfig::new(
+            "keep",
+            &[&l, &p],
+            &format!("({});true", regex::escape(&value)),
+        ));
+    }
+    for e in selector["matchExpressions"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        let [l, p] = pair(e["key"].as_str().unwrap());
+        let values: Vec<String> = e["values"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|v| regex::escape(v.as_str().unwrap()))
+            .collect();
+        let rule = match e["operator"].as_str().unwrap() {
+            "In" => RelabelConfig::new("keep", &[&l, &p], &format!("({});true", values.join("|"))),
+            "NotIn" => {
+                RelabelConfig::new("drop", &[&l, &p], &format!("({});true", values.join("|")))
+            }
+            "Exists" => RelabelConfig::new("keep", &[&p], "true"),
+            "DoesNotExist" => RelabelConfig::new("drop", &[&p], "true"),
+            other => panic!("unknown selector operator {other}"),
+        };
+        out.push(rule);
+    }
+    let port = endpoint["port"]
+        .as_str()
+        .expect("endpoints name their port");
+    out.push(RelabelConfig::new(
+        "keep",
+        &["__meta_kubernetes_pod_container_port_name"],
+        &regex::escape(port),
+    ));
+    out.push(RelabelConfig::set(
+        "namespace",
+        "__meta_kubernetes_namespace",
+    ));
+    out.push(RelabelConfig::set(
+        "container",
+        "__meta_kubernetes_pod_container_name",
+    ));
+    out.push(RelabelConfig::set("pod", "__meta_kubernetes_pod_name"));
+    let mut job = RelabelConfig::new("replace", &[], "(.*)");
+    job.target_label = Some("job".into());
+    job.replacement = format!(
+        "{}/{}",
+        monitor["metadata"]["namespace"].as_str().unwrap(),
+        monitor["metadata"]["name"].as_str().unwrap()
+    );
+    out.push(job);
+    let mut ep = RelabelConfig::new("replace", &[], "(.*)");
+    ep.target_label = Some("endpoint".into());
+    ep.replacement = port.into();
+    out.push(ep);
+    out.extend(
+        endpoint["relabelings"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(RelabelConfig::from_monitor),
+    );
+    out
+}
+
+/// The labels Prometheus's Kubernetes discovery (role `pod`) gives one container port of a pod.
+fn pod_discovery_labels(
+    namespace: &str,
+    pod_name: &str,
+    template: &PodTemplateSpec,
+    port_name: &str,
+) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert("__meta_kubernetes_namespace".into(), namespace.into());
+    l.insert("__meta_kubernetes_pod_name".into(), pod_name.into());
+    l.insert("__meta_kubernetes_pod_phase".into(), "Running".into());
+    for (k, v) in template.metadata.as_ref().unwrap().labels.iter().flatten() {
+        let k = sanitize(k);
+        l.insert(format!("__meta_kubernetes_pod_label_{k}"), v.clone());
+        l.insert(
+            format!("__meta_kubernetes_pod_labelpresent_{k}"),
+            "true".into(),
+        );
+    }
+    let container = &template.spec.as_ref().unwrap().containers[0];
+    let port = container
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(port_name))
+        .unwrap_or_else(|| panic!("{pod_name} has no port {port_name}"));
+    l.insert(
+        "__meta_kubernetes_pod_container_name".into(),
+        container.name.clone(),
+    );
+    l.insert(
+        "__meta_kubernetes_pod_container_port_name".into(),
+        port_name.into(),
+    );
+    l.insert(
+        "__address__".into(),
+        format!("10.0.0.7:{}", port.container_port),
+    );
+    l
+}
+
+/// Prometheus's relabeling (`replace`, `keep`, `drop`; regexes anchored), then what it does to a
+/// kept target: `instance` from the address, no `__` labels. `None` when the target is dropped.
+fn relabel(
+    mut labels: BTreeMap<String, String>,
+    configs: &[RelabelConfig],
+) -> Option<BTreeMap<String, String>> {
+    for c in configs {
+        let value = c
+            .source_labels
+            .iter()
+            .map(|l| labels.get(l).cloned().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(&c.separator);
+        let re = Regex::new(&format!("^(?:{})$", c.regex)).unwrap();
+        match c.action.as_str() {
+            "keep" if !re.is_match(&value) => return None,
+            "drop" if re.is_match(&value) => return None,
+            "keep" | "drop" => {}
+            "replace" => {
+                if let Some(caps) = re.captures(&value) {
+                    let target = c.target_label.clone().expect("replace needs a target");
+                    let mut out = String::new();
+                    caps.expand(&c.replacement, &mut out);
+                    if out.is_empty() {
+                        labels.remove(&target);
+                    } else {
+                        labels.insert(target, out);
+                    }
+                }
+            }
+            other => panic!("relabel action {other} is not emulated here"),
+        }
+    }
+    if !labels.contains_key("instance") {
+        let address = labels["__address__"].clone();
+        labels.insert("instance".into(), address);
+    }
+    labels.retain(|k, _| !k.starts_with("__"));
+    Some(labels)
+}
+
+/// Labels prometheus-operator puts on every PodMonitor target that a local run's file_sd targets
+/// have no counterpart for (nothing in the dashboards filters on them), and the two Prometheus
+/// adds to every target itself.
+const CLUSTER_ONLY_LABELS: [&str; 2] = ["container", "endpoint"];
+const PROMETHEUS_LABELS: [&str; 2] = ["job", "instance"];
+
+#[test]
+fn pod_monitor_targets_carry_exactly_the_labels_of_a_local_runs_targets() {
+    let docs = monitors_enabled();
+    let monitor = kind(&docs, "PodMonitor");
+    let endpoints = monitor["spec"]["podMetricsEndpoints"]
+        .as_sequence()
+        .unwrap();
+    let exp = lab_experiment();
+    let (key, templates) = operator_pod_templates(&exp);
+    for (role, template) in &templates {
+        let pod_name = format!("wiring-s1-{}-abcde", role.as_str());
+        // Every endpoint sees every container port of every pod; exactly one keeps this pod.
+        let ports: Vec<String> = template.spec.as_ref().unwrap().containers[0]
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.name.clone())
+            .collect();
+        let mut kept = Vec::new();
+        for endpoint in endpoints {
+            let configs = prometheus_operator_relabel_configs(monitor, endpoint);
+            for port in &ports {
+                let found = pod_discovery_labels("lab", &pod_name, template, port);
+                kept.extend(relabel(found, &configs));
+            }
+        }
+        assert_eq!(kept.len(), 1, "{role:?}: {kept:?}");
+        let mut cluster = kept.pop().unwrap();
+
+        // What `loopscale run` writes for the same kind of process of the same step.
+        let local = target_groups(
+            "local",
+            exp.metadata.name.as_deref().unwrap(),
+            &[ScrapeTarget {
+                address: "127.0.0.1:40001".into(),
+                role: *role,
+                pod: "wiring-local-pod".into(),
+                step: Some(key),
+            }],
+        )
+        .pop()
+        .unwrap()
+        .labels;
+
+        for label in PROMETHEUS_LABELS {
+            assert!(cluster.remove(label).is_some(), "{role:?}: no {label}");
+        }
+        for label in CLUSTER_ONLY_LABELS {
+            assert!(cluster.remove(label).is_some(), "{role:?}: no {label}");
+        }
+        assert_eq!(
+            cluster.keys().collect::<Vec<_>>(),
+            local.keys().collect::<Vec<_>>(),
+            "{role:?}: the cluster's and the local run's target labels differ"
+        );
+        // Same values, except where a cluster and a local run differ by nature.
+        assert_eq!(cluster.remove("namespace").as_deref(), Some("lab"));
+        assert_eq!(cluster.remove("pod"), Some(pod_name));
+        let local: BTreeMap<_, _> = local
+            .into_iter()
+            .filter(|(k, _)| k != "namespace" && k != "pod")
+            .collect();
+        assert_eq!(cluster, local, "{role:?}");
+    }
+}
+
+#[test]
+fn live_dashboard_variables_use_labels_both_setups_attach() {
+    let live: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("dashboards/loopscale-live.json")).unwrap(),
+    )
+    .unwrap();
+    let local_labels: BTreeSet<String> = target_groups(
+        "local",
+        "x",
+        &[ScrapeTarget {
+            address: "127.0.0.1:1".into(),
+            role: Role::Server,
+            pod: "p".into(),
+            step: Some(plan(&lab_experiment().spec)[0]),
+        }],
+    )[0]
+    .labels
+    .keys()
+    .cloned()
+    .collect();
+    let label_values = Regex::new(r"label_values\([^,]*,\s*(\w+)\)").unwrap();
+    let mut used = BTreeSet::new();
+    for var in live["templating"]["list"].as_array().unwrap() {
+        let query = var["query"]["query"]
+            .as_str()
+            .or(var["query"].as_str())
+            .unwrap_or_default();
+        if let Some(c) = label_values.captures(query) {
+            used.insert(c[1].to_string());
+        }
+    }
+    assert!(used.contains("experiment"), "{used:?}");
+    assert!(
+        used.is_subset(&local_labels),
+        "the live dashboard's variables read {used:?}; targets carry {local_labels:?}"
+    );
 }
