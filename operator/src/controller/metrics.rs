@@ -1,10 +1,11 @@
 //! The operator's Prometheus metrics: its own health (reconciles, errors by a bounded label,
-//! reconcile duration, as kube-rs's controller-rs exports them) next to the engine's Experiment
-//! and step-result gauges ([`crate::metrics::ExperimentMetrics`]), in one registry.
-use prometheus::{histogram_opts, opts, Histogram, IntCounter, IntCounterVec, Registry};
+//! reconcile duration, as kube-rs's controller-rs exports them; [`ReconcileMetrics`], shared with
+//! a local run's engine loop) next to the engine's Experiment and step-result gauges
+//! ([`ExperimentMetrics`]), in one registry.
+use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
 
 use crate::crd::ExperimentStatus;
-use crate::metrics::ExperimentMetrics;
+use crate::metrics::{ExperimentMetrics, ReconcileMetrics};
 
 /// The error kinds ([`super::Error::metric_label`]) registered at zero when the operator starts,
 /// so that the "errors" panels and the error ratio show 0 rather than "no data" while nothing has
@@ -47,33 +48,13 @@ impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let reconciliations = IntCounter::new(
-            "loopscale_operator_reconciliations_total",
-            "Reconciliations of Experiments.",
-        )
-        .unwrap();
-        let errors = IntCounterVec::new(
-            opts!(
-                "loopscale_operator_reconciliation_errors_total",
-                "Failed reconciliations by error kind."
-            ),
-            &["error"],
-        )
-        .unwrap();
-        let duration = Histogram::with_opts(histogram_opts!(
-            "loopscale_operator_reconcile_duration_seconds",
-            "Time one reconciliation took.",
-            vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
-        ))
-        .unwrap();
-        registry
-            .register(Box::new(reconciliations.clone()))
-            .unwrap();
-        registry.register(Box::new(errors.clone())).unwrap();
-        for kind in ERROR_KINDS {
-            errors.with_label_values(&[kind]);
-        }
-        registry.register(Box::new(duration.clone())).unwrap();
+        // The same definitions (names, buckets) as a local run's engine loop, so the operator
+        // dashboard reads both; the error kinds are the operator's own.
+        let ReconcileMetrics {
+            reconciliations,
+            errors,
+            duration,
+        } = ReconcileMetrics::register(&registry, ERROR_KINDS).expect("metric names are unique");
         let experiments = ExperimentMetrics::register(&registry).expect("metric names are unique");
         Metrics {
             registry,
