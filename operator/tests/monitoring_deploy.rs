@@ -601,17 +601,20 @@ pub fn prometheus_operator_relabel_configs(
     out
 }
 
-/// The labels Prometheus's Kubernetes discovery (role `pod`) gives one container port of a pod.
+/// The labels Prometheus's Kubernetes discovery (role `pod`) gives one container port of a pod
+/// (those the monitors can use; Prometheus adds more, e.g. the node name and pod IP).
 fn pod_discovery_labels(
     namespace: &str,
     pod_name: &str,
     template: &PodTemplateSpec,
     port_name: &str,
+    phase: &str,
+    pod_ip: &str,
 ) -> BTreeMap<String, String> {
     let mut l = BTreeMap::new();
     l.insert("__meta_kubernetes_namespace".into(), namespace.into());
     l.insert("__meta_kubernetes_pod_name".into(), pod_name.into());
-    l.insert("__meta_kubernetes_pod_phase".into(), "Running".into());
+    l.insert("__meta_kubernetes_pod_phase".into(), phase.into());
     for (k, v) in template.metadata.as_ref().unwrap().labels.iter().flatten() {
         let k = sanitize(k);
         l.insert(format!("__meta_kubernetes_pod_label_{k}"), v.clone());
@@ -636,8 +639,12 @@ fn pod_discovery_labels(
         port_name.into(),
     );
     l.insert(
+        "__meta_kubernetes_pod_container_port_number".into(),
+        port.container_port.to_string(),
+    );
+    l.insert(
         "__address__".into(),
-        format!("10.0.0.7:{}", port.container_port),
+        format!("{pod_ip}:{}", port.container_port),
     );
     l
 }
@@ -689,6 +696,48 @@ fn relabel(
 const CLUSTER_ONLY_LABELS: [&str; 2] = ["container", "endpoint"];
 const PROMETHEUS_LABELS: [&str; 2] = ["job", "instance"];
 
+/// `cluster` (a PodMonitor target's labels) has the same label names as the target `loopscale
+/// run` writes for the same kind of process of the same step, once the labels that only one side
+/// has by nature are set aside, and the same values except where a cluster differs by nature
+/// (namespace, pod names).
+fn assert_like_a_local_runs_target(
+    mut cluster: BTreeMap<String, String>,
+    role: Role,
+    exp: &Experiment,
+    key: StepKey,
+    namespace: &str,
+    pod_name: &str,
+) {
+    let local = target_groups(
+        "local",
+        exp.metadata.name.as_deref().unwrap(),
+        &[ScrapeTarget {
+            address: "127.0.0.1:40001".into(),
+            role,
+            pod: "wiring-local-pod".into(),
+            step: Some(key),
+        }],
+    )
+    .pop()
+    .unwrap()
+    .labels;
+    for label in PROMETHEUS_LABELS.iter().chain(&CLUSTER_ONLY_LABELS) {
+        assert!(cluster.remove(*label).is_some(), "{role:?}: no {label}");
+    }
+    assert_eq!(
+        cluster.keys().collect::<Vec<_>>(),
+        local.keys().collect::<Vec<_>>(),
+        "{role:?}: the cluster's and the local run's target labels differ"
+    );
+    assert_eq!(cluster.remove("namespace").as_deref(), Some(namespace));
+    assert_eq!(cluster.remove("pod").as_deref(), Some(pod_name));
+    let local: BTreeMap<_, _> = local
+        .into_iter()
+        .filter(|(k, _)| k != "namespace" && k != "pod")
+        .collect();
+    assert_eq!(cluster, local, "{role:?}");
+}
+
 #[test]
 fn pod_monitor_targets_carry_exactly_the_labels_of_a_local_runs_targets() {
     let docs = monitors_enabled();
@@ -711,47 +760,15 @@ fn pod_monitor_targets_carry_exactly_the_labels_of_a_local_runs_targets() {
         for endpoint in endpoints {
             let configs = prometheus_operator_relabel_configs(monitor, endpoint);
             for port in &ports {
-                let found = pod_discovery_labels("lab", &pod_name, template, port);
+                let found =
+                    pod_discovery_labels("lab", &pod_name, template, port, "Running", "10.0.0.7");
                 kept.extend(relabel(found, &configs));
             }
         }
         assert_eq!(kept.len(), 1, "{role:?}: {kept:?}");
-        let mut cluster = kept.pop().unwrap();
+        let cluster = kept.pop().unwrap();
 
-        // What `loopscale run` writes for the same kind of process of the same step.
-        let local = target_groups(
-            "local",
-            exp.metadata.name.as_deref().unwrap(),
-            &[ScrapeTarget {
-                address: "127.0.0.1:40001".into(),
-                role: *role,
-                pod: "wiring-local-pod".into(),
-                step: Some(key),
-            }],
-        )
-        .pop()
-        .unwrap()
-        .labels;
-
-        for label in PROMETHEUS_LABELS {
-            assert!(cluster.remove(label).is_some(), "{role:?}: no {label}");
-        }
-        for label in CLUSTER_ONLY_LABELS {
-            assert!(cluster.remove(label).is_some(), "{role:?}: no {label}");
-        }
-        assert_eq!(
-            cluster.keys().collect::<Vec<_>>(),
-            local.keys().collect::<Vec<_>>(),
-            "{role:?}: the cluster's and the local run's target labels differ"
-        );
-        // Same values, except where a cluster and a local run differ by nature.
-        assert_eq!(cluster.remove("namespace").as_deref(), Some("lab"));
-        assert_eq!(cluster.remove("pod"), Some(pod_name));
-        let local: BTreeMap<_, _> = local
-            .into_iter()
-            .filter(|(k, _)| k != "namespace" && k != "pod")
-            .collect();
-        assert_eq!(cluster, local, "{role:?}");
+        assert_like_a_local_runs_target(cluster, *role, &exp, key, "lab", &pod_name);
     }
 }
 
@@ -791,4 +808,325 @@ fn live_dashboard_variables_use_labels_both_setups_attach() {
         used.is_subset(&local_labels),
         "the live dashboard's variables read {used:?}; targets carry {local_labels:?}"
     );
+}
+
+#[cfg(feature = "control-plane")]
+mod cluster;
+
+/// The same wiring with real discovery and relabeling: a real Prometheus discovers pods through
+/// the test control plane's API server (`kubernetes_sd_configs`, role pod) with the relabel
+/// configs prometheus-operator would generate from the rendered PodMonitor, for the pods the
+/// operator's child builders describe (created here directly; the operator's own reconcile is
+/// `cluster_operator`'s business). Debian's Prometheus is built without Kubernetes discovery, so
+/// this one comes from `deploy/testenv/build-prometheus`. Needs `deploy/testenv/up`
+/// (`make control-plane-test`). What stays emulated: prometheus-operator's translation itself.
+#[cfg(feature = "control-plane")]
+mod on_the_control_plane {
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::api::{ListParams, PostParams};
+    use kube::Api;
+    use loopscale::controller::children::LOAD_SERVICE_ACCOUNT;
+
+    use super::cluster::{admin, kubeconfig_path, kubectl, ok, restricted_namespace, wait_for};
+    use super::*;
+
+    /// A Prometheus we started; killed (by its own pid) when dropped.
+    struct Prometheus {
+        child: Child,
+        port: u16,
+        dir: PathBuf,
+    }
+
+    impl Prometheus {
+        fn start(config: &serde_json::Value) -> Prometheus {
+            let dir = std::env::temp_dir().join(format!(
+                "loopscale-monitoring-prometheus-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let config_file = dir.join("prometheus.yml");
+            // JSON is YAML.
+            std::fs::write(&config_file, config.to_string()).unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+            let bin = super::cluster::tool("prometheus");
+            let child = Command::new(&bin)
+                .arg(format!("--config.file={}", config_file.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run {} ({e}): build it with deploy/testenv/build-prometheus",
+                        bin.display()
+                    )
+                });
+            Prometheus { child, port, dir }
+        }
+
+        /// `/api/v1/targets?state=any`, or None while Prometheus is not answering yet.
+        fn targets(&self) -> Option<serde_json::Value> {
+            let out = Command::new("curl")
+                .args(["-fsS", "--max-time", "5"])
+                .arg(format!(
+                    "http://127.0.0.1:{}/api/v1/targets?state=any",
+                    self.port
+                ))
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            serde_json::from_slice(&out.stdout).ok()
+        }
+
+        fn log(&self) -> String {
+            std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+        }
+    }
+
+    impl Drop for Prometheus {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn str_labels(v: &serde_json::Value) -> BTreeMap<String, String> {
+        v.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prometheus_discovers_the_operators_pods_with_a_local_runs_labels() {
+        let admin = admin().await;
+        let (ns, _cleanup) = restricted_namespace(&admin, "ls-monitoring").await;
+        let mut exp = lab_experiment();
+        exp.metadata.namespace = Some(ns.clone());
+        let (key, templates) = operator_pod_templates(&exp);
+        let children = step_children(&exp, 1, &key);
+        let settings = ChildSettings {
+            workload_image: "loopscale-workload:test".into(),
+            image_pull_policy: None,
+        };
+
+        // The workload through its real Deployment (3 replicas: the controller manager makes
+        // the pods). The load pods run under loopscale-load, which the operator creates per
+        // namespace. A load Job's pods finish at once under kwok (its pod-complete stage), and
+        // prometheus-operator drops finished pods, so the running load pod is a bare pod from
+        // the Job's own template.
+        let mut deployment = workload_deployment(&exp, &children, &key, &settings);
+        deployment.metadata.owner_references = None;
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), &ns)
+            .create(&PostParams::default(), &deployment)
+            .await
+            .unwrap();
+        let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": LOAD_SERVICE_ACCOUNT}
+        }))
+        .unwrap();
+        Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+        let (_, load_template) = templates
+            .iter()
+            .find(|(r, _)| *r == Role::Load)
+            .unwrap()
+            .clone();
+        let load_pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("{}-0-abcde", children.load)),
+                labels: load_template.metadata.as_ref().unwrap().labels.clone(),
+                ..Default::default()
+            },
+            spec: load_template.spec.clone(),
+            ..Default::default()
+        };
+        // Pod Security "restricted" admits it, metrics port and all.
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+        pods.create(&PostParams::default(), &load_pod)
+            .await
+            .unwrap();
+
+        let running = wait_for(Duration::from_secs(90), "4 pods running with an IP", || {
+            let pods = pods.clone();
+            async move {
+                let list = pods.list(&ListParams::default()).await.ok()?.items;
+                let running: Vec<Pod> = list
+                    .into_iter()
+                    .filter(|p| {
+                        let st = p.status.as_ref();
+                        st.and_then(|s| s.phase.as_deref()) == Some("Running")
+                            && st.and_then(|s| s.pod_ip.as_deref()).is_some()
+                    })
+                    .collect();
+                (running.len() == 4).then_some(running)
+            }
+        })
+        .await;
+
+        // prometheus-operator's translation of each endpoint, scoped to this namespace. One more
+        // rule sends every scrape to a closed loopback port: the kwok pod IPs are not routable
+        // and the tests talk to loopback only.
+        let docs = monitors_enabled();
+        let monitor = kind(&docs, "PodMonitor").clone();
+        let endpoints = monitor["spec"]["podMetricsEndpoints"]
+            .as_sequence()
+            .unwrap()
+            .clone();
+        let mut to_loopback = RelabelConfig::new("replace", &[], "(.*)");
+        to_loopback.target_label = Some("__address__".into());
+        to_loopback.replacement = "127.0.0.1:9".into();
+        let pki = kubeconfig_path().parent().unwrap().join("pki");
+        let server = ok(&kubectl(&[
+            "config",
+            "view",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ]));
+        let mut jobs = BTreeMap::new();
+        let scrape_configs: Vec<serde_json::Value> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, endpoint)| {
+                let name = format!(
+                    "podMonitor/{}/{}/{i}",
+                    monitor["metadata"]["namespace"].as_str().unwrap(),
+                    monitor["metadata"]["name"].as_str().unwrap()
+                );
+                let mut configs = prometheus_operator_relabel_configs(&monitor, endpoint);
+                configs.push(to_loopback.clone());
+                jobs.insert(name.clone(), configs.clone());
+                serde_json::json!({
+                    "job_name": name,
+                    "honor_labels": endpoint["honorLabels"].as_bool().unwrap_or(false),
+                    "scrape_interval": "1h",
+                    "metrics_path": endpoint["path"].as_str().unwrap(),
+                    "kubernetes_sd_configs": [{
+                        "role": "pod",
+                        "api_server": server,
+                        "namespaces": {"names": [ns]},
+                        "tls_config": {
+                            "ca_file": pki.join("ca.crt"),
+                            "cert_file": pki.join("admin.crt"),
+                            "key_file": pki.join("admin.key"),
+                        },
+                    }],
+                    "relabel_configs": configs,
+                })
+            })
+            .collect();
+        let prometheus = Prometheus::start(&serde_json::json!({
+            "global": {"scrape_interval": "1h", "evaluation_interval": "1h"},
+            "scrape_configs": scrape_configs,
+        }));
+
+        // Every (pod, port, job) Prometheus discovers; 4 pods with one port each, twice.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let targets = loop {
+            let t = prometheus.targets().unwrap_or_default();
+            let discovered = ["activeTargets", "droppedTargets"]
+                .iter()
+                .map(|k| t["data"][k].as_array().map_or(0, Vec::len))
+                .sum::<usize>();
+            if discovered == 8 {
+                break t;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Prometheus did not discover 4 pods for each of 2 jobs in 60 s: {t:#}\n{}",
+                prometheus.log()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let log = prometheus.log();
+        let active = targets["data"]["activeTargets"].as_array().unwrap();
+        let dropped = targets["data"]["droppedTargets"].as_array().unwrap();
+        assert_eq!(
+            (active.len(), dropped.len()),
+            (4, 4),
+            "one job keeps each pod: {targets:#}\n{log}"
+        );
+
+        // Relabeling here agrees with Prometheus's, target by target, kept or dropped.
+        for (target, kept) in active
+            .iter()
+            .map(|t| (t, true))
+            .chain(dropped.iter().map(|t| (t, false)))
+        {
+            let found = str_labels(&target["discoveredLabels"]);
+            let pool = target["scrapePool"]
+                .as_str()
+                .or(found.get("job").map(String::as_str))
+                .expect("a target names its scrape config");
+            let job = &jobs[pool];
+            let emulated = relabel(found.clone(), job);
+            if kept {
+                assert_eq!(
+                    emulated.as_ref(),
+                    Some(&str_labels(&target["labels"])),
+                    "{found:#?}"
+                );
+            } else {
+                assert_eq!(emulated, None, "Prometheus dropped {found:#?}");
+            }
+
+            // The discovery labels the offline tests assume are the ones Prometheus gives.
+            let pod = running
+                .iter()
+                .find(|p| p.metadata.name.as_ref() == Some(&found["__meta_kubernetes_pod_name"]))
+                .unwrap();
+            let template = PodTemplateSpec {
+                metadata: Some(pod.metadata.clone()),
+                spec: pod.spec.clone(),
+            };
+            let assumed = pod_discovery_labels(
+                &ns,
+                &found["__meta_kubernetes_pod_name"],
+                &template,
+                &found["__meta_kubernetes_pod_container_port_name"],
+                "Running",
+                pod.status.as_ref().unwrap().pod_ip.as_deref().unwrap(),
+            );
+            for (k, v) in &assumed {
+                assert_eq!(found.get(k), Some(v), "discovery label {k}");
+            }
+        }
+
+        // The kept targets: each workload pod by `http`, the load pod by `metrics`, each with a
+        // local run's labels.
+        let mut roles = BTreeMap::new();
+        for target in active {
+            let labels = str_labels(&target["labels"]);
+            let pod = labels["pod"].clone();
+            let role = if labels["endpoint"] == "http" {
+                Role::Server
+            } else {
+                assert_eq!(labels["endpoint"], "metrics");
+                Role::Load
+            };
+            *roles.entry(role.as_str()).or_insert(0) += 1;
+            assert_like_a_local_runs_target(labels, role, &exp, key, &ns, &pod);
+        }
+        assert_eq!(roles, BTreeMap::from([("server", 3), ("load", 1)]));
+    }
 }
