@@ -294,6 +294,25 @@ fn str_map(v: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Names of the ports of a pod template's (only) container.
+fn port_names(template: &PodTemplateSpec) -> Vec<String> {
+    template.spec.as_ref().unwrap().containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.clone())
+        .collect()
+}
+
+/// A YAML list of strings (empty when absent).
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|s| s.as_str().expect("a list of strings"))
+        .collect()
+}
+
 /// Does a Kubernetes label selector (matchLabels and matchExpressions) select `labels`?
 fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
     let by_labels = str_map(&selector["matchLabels"])
@@ -305,12 +324,7 @@ fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
         .flatten()
         .all(|e| {
             let key = e["key"].as_str().unwrap();
-            let values: Vec<&str> = e["values"]
-                .as_sequence()
-                .into_iter()
-                .flatten()
-                .map(|v| v.as_str().unwrap())
-                .collect();
+            let values = strs(&e["values"]);
             let value = labels.get(key).map(String::as_str);
             match e["operator"].as_str().unwrap() {
                 "In" => value.is_some_and(|v| values.contains(&v)),
@@ -397,12 +411,7 @@ fn pod_monitor_selects_workload_and_load_pods_by_a_port_each_has_and_nothing_els
             selects(&spec["selector"], &labels),
             "{role:?} pods are not selected"
         );
-        let ports: Vec<String> = template.spec.as_ref().unwrap().containers[0]
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| p.name.clone())
-            .collect();
+        let ports = port_names(template);
         let scraped: Vec<&str> = endpoints
             .iter()
             .map(|e| e["port"].as_str().unwrap())
@@ -476,12 +485,7 @@ impl RelabelConfig {
 
     /// A prometheus-operator `relabelings` entry (camelCase keys) with its defaults.
     fn from_monitor(v: &Value) -> Self {
-        let sources: Vec<&str> = v["sourceLabels"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-            .map(|s| s.as_str().unwrap())
-            .collect();
+        let sources = strs(&v["sourceLabels"]);
         let mut r = Self::new(
             v["action"].as_str().unwrap_or("replace"),
             &sources,
@@ -545,12 +549,7 @@ pub fn prometheus_operator_relabel_configs(
         .flatten()
     {
         let [l, p] = pair(e["key"].as_str().unwrap());
-        let values: Vec<String> = e["values"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-            .map(|v| regex::escape(v.as_str().unwrap()))
-            .collect();
+        let values: Vec<String> = strs(&e["values"]).into_iter().map(regex::escape).collect();
         let rule = match e["operator"].as_str().unwrap() {
             "In" => RelabelConfig::new("keep", &[&l, &p], &format!("({});true", values.join("|"))),
             "NotIn" => {
@@ -750,12 +749,7 @@ fn pod_monitor_targets_carry_exactly_the_labels_of_a_local_runs_targets() {
     for (role, template) in &templates {
         let pod_name = format!("wiring-s1-{}-abcde", role.as_str());
         // Every endpoint sees every container port of every pod; exactly one keeps this pod.
-        let ports: Vec<String> = template.spec.as_ref().unwrap().containers[0]
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| p.name.clone())
-            .collect();
+        let ports = port_names(template);
         let mut kept = Vec::new();
         for endpoint in endpoints {
             let configs = prometheus_operator_relabel_configs(monitor, endpoint);
