@@ -20,15 +20,18 @@ lint:
 # Every shell script, including those that cannot run here (kind needs a container engine).
 scripts:
 	shellcheck deploy/kind/up.sh deploy/kind/down.sh dashboards/sync-chart \
-	  deploy/testenv/build deploy/testenv/up deploy/testenv/down deploy/testenv/smoke-test \
+	  deploy/testenv/build deploy/testenv/build-prometheus deploy/testenv/up deploy/testenv/down \
+	  deploy/testenv/smoke-test \
 	  deploy/crd/check-against-apiserver workload/reference/test workload/reference/install \
 	  workload/bench/serve.sh workload/bench/load.sh
 
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, etcd and helm from
-# deploy/testenv/go.mod (skipped when deploy/testenv/bin matches it). The chart tests in `unit`
-# use its helm.
+# deploy/testenv/go.mod, and a Prometheus with Kubernetes discovery from
+# deploy/testenv/prometheus/go.mod (each skipped when deploy/testenv/bin matches). The chart
+# tests in `unit` use its helm.
 testenv-build:
 	deploy/testenv/build
+	deploy/testenv/build-prometheus
 
 # Real Express (npm ci) and FastAPI (a venv) from the registries, into workload/reference (git-
 # ignored): `unit` runs a reference Experiment end to end (operator/tests/local_run.rs).
@@ -65,6 +68,7 @@ control-plane-test: testenv-build reference-install
 	&& deploy/testenv/bin/helm lint --strict charts/loopscale \
 	&& cargo test -p loopscale --features control-plane \
 	     --test cluster_operator --test cluster_validation --test cluster_permissions \
+	     --test monitoring_deploy \
 	|| status=$$?; \
 	deploy/testenv/down --keep-logs; \
 	exit $$status

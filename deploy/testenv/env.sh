@@ -11,12 +11,12 @@ pid_dir="$run_dir/pids"
 log_dir="$run_dir/logs"
 kubeconfig="$run_dir/kubeconfig"
 
-etcd_port="${TESTENV_ETCD_PORT:-42379}"
-etcd_peer_port="${TESTENV_ETCD_PEER_PORT:-42380}"
-apiserver_port="${TESTENV_APISERVER_PORT:-46443}"
-controller_manager_port="${TESTENV_CONTROLLER_MANAGER_PORT:-40257}"
-scheduler_port="${TESTENV_SCHEDULER_PORT:-40259}"
-kwok_port="${TESTENV_KWOK_PORT:-40247}"
+etcd_port="${TESTENV_ETCD_PORT:-24379}"
+etcd_peer_port="${TESTENV_ETCD_PEER_PORT:-24380}"
+apiserver_port="${TESTENV_APISERVER_PORT:-24443}"
+controller_manager_port="${TESTENV_CONTROLLER_MANAGER_PORT:-24257}"
+scheduler_port="${TESTENV_SCHEDULER_PORT:-24259}"
+kwok_port="${TESTENV_KWOK_PORT:-24247}"
 
 # Components in start order; `down` stops them in reverse.
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)

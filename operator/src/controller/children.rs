@@ -53,6 +53,10 @@ pub const REPORT_TOKEN_DIR: &str = "/var/run/secrets/loopscale";
 pub const REPORT_TOKEN_SECONDS: i64 = 3600;
 /// Port the workload listens on (`PORT`), metrics included.
 pub const WORKLOAD_PORT: i32 = 8080;
+/// Port of a load pod's live metrics (`LOOPSCALE_LOAD_METRICS_ADDR`), for the chart's PodMonitor.
+pub const LOAD_METRICS_PORT: i32 = 9464;
+/// Name of that container port; the chart's PodMonitor scrapes the load pods by it.
+pub const LOAD_METRICS_PORT_NAME: &str = "metrics";
 /// Retries of a failed load pod before the Job gives up.
 pub const LOAD_BACKOFF_LIMIT: i32 = 2;
 
@@ -494,7 +498,18 @@ pub fn load_job(
                                 "LOOPSCALE_PUBLISH_TOKEN_FILE",
                                 format!("{REPORT_TOKEN_DIR}/token"),
                             ),
+                            // Live client-side metrics for the PodMonitor, on every interface
+                            // (the scrape comes from Prometheus's pod).
+                            env(
+                                "LOOPSCALE_LOAD_METRICS_ADDR",
+                                format!("0.0.0.0:{LOAD_METRICS_PORT}"),
+                            ),
                         ]),
+                        ports: Some(vec![ContainerPort {
+                            name: Some(LOAD_METRICS_PORT_NAME.into()),
+                            container_port: LOAD_METRICS_PORT,
+                            ..Default::default()
+                        }]),
                         volume_mounts: Some(vec![VolumeMount {
                             name: "report-token".into(),
                             mount_path: REPORT_TOKEN_DIR.into(),
@@ -790,6 +805,40 @@ spec:
             svc.spec.unwrap().ports.unwrap()[0].target_port,
             Some(IntOrString::Int(WORKLOAD_PORT))
         );
+    }
+
+    #[test]
+    fn load_pods_serve_live_metrics_on_the_named_port() {
+        let exp = experiment("x");
+        let key = plan(&exp.spec)[0];
+        let c = step_children(&exp, 1, &key);
+        let job = load_job(&exp, &c, &generator_loads(&exp.spec), &settings());
+        let template = &job.spec.as_ref().unwrap().template;
+        let ctr = &template.spec.as_ref().unwrap().containers[0];
+        let ports = ctr.ports.as_deref().unwrap_or_default();
+        let port = ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(LOAD_METRICS_PORT_NAME))
+            .expect("a container port named for the PodMonitor");
+        let addr = ctr
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "LOOPSCALE_LOAD_METRICS_ADDR")
+            .and_then(|e| e.value.as_deref())
+            .expect("LOOPSCALE_LOAD_METRICS_ADDR");
+        // The generator parses it as a socket address; it listens where the port says.
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        assert!(
+            addr.ip().is_unspecified(),
+            "{addr}: reachable from Prometheus"
+        );
+        assert_eq!(i32::from(addr.port()), port.container_port);
+        assert_eq!(port.protocol, None, "TCP, the default");
+        // The PodMonitor selects load pods by these labels.
+        let labels = template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(labels[LABEL_COMPONENT], "load");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "loopscale-operator");
     }
 
     #[test]

@@ -1,10 +1,29 @@
 //! The operator's Prometheus metrics: its own health (reconciles, errors by a bounded label,
-//! reconcile duration, as kube-rs's controller-rs exports them) next to the engine's Experiment
-//! and step-result gauges ([`crate::metrics::ExperimentMetrics`]), in one registry.
-use prometheus::{histogram_opts, opts, Histogram, IntCounter, IntCounterVec, Registry};
+//! reconcile duration, as kube-rs's controller-rs exports them; [`ReconcileMetrics`], shared with
+//! a local run's engine loop) next to the engine's Experiment and step-result gauges
+//! ([`ExperimentMetrics`]), in one registry.
+use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
 
 use crate::crd::ExperimentStatus;
-use crate::metrics::ExperimentMetrics;
+use crate::metrics::{ExperimentMetrics, ReconcileMetrics};
+
+/// The error kinds ([`super::Error::metric_label`]) registered at zero when the operator starts,
+/// so that the "errors" panels and the error ratio show 0 rather than "no data" while nothing has
+/// failed: the kinds that are not API errors, and the API statuses a reconcile can plausibly
+/// meet (RBAC denial, gone, conflict, invalid, throttled, server errors). Other API statuses still
+/// get counted; their series just appear on first use.
+pub const ERROR_KINDS: &[&str] = &[
+    "kube",
+    "serialization",
+    "missing_object_key",
+    "api_403",
+    "api_404",
+    "api_409",
+    "api_422",
+    "api_429",
+    "api_500",
+    "api_503",
+];
 
 /// Every metric the operator exports.
 #[derive(Clone)]
@@ -29,30 +48,13 @@ impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let reconciliations = IntCounter::new(
-            "loopscale_operator_reconciliations_total",
-            "Reconciliations of Experiments.",
-        )
-        .unwrap();
-        let errors = IntCounterVec::new(
-            opts!(
-                "loopscale_operator_reconciliation_errors_total",
-                "Failed reconciliations by error kind."
-            ),
-            &["error"],
-        )
-        .unwrap();
-        let duration = Histogram::with_opts(histogram_opts!(
-            "loopscale_operator_reconcile_duration_seconds",
-            "Time one reconciliation took.",
-            vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
-        ))
-        .unwrap();
-        registry
-            .register(Box::new(reconciliations.clone()))
-            .unwrap();
-        registry.register(Box::new(errors.clone())).unwrap();
-        registry.register(Box::new(duration.clone())).unwrap();
+        // The same definitions (names, buckets) as a local run's engine loop, so the operator
+        // dashboard reads both; the error kinds are the operator's own.
+        let ReconcileMetrics {
+            reconciliations,
+            errors,
+            duration,
+        } = ReconcileMetrics::register(&registry, ERROR_KINDS).expect("metric names are unique");
         let experiments = ExperimentMetrics::register(&registry).expect("metric names are unique");
         Metrics {
             registry,
@@ -100,8 +102,54 @@ mod tests {
             text.contains(r#"loopscale_operator_reconciliation_errors_total{error="api_409"} 1"#)
         );
         assert!(text.contains("loopscale_operator_reconcile_duration_seconds_count 1"));
+        // Pre-registered kinds keep their zero next to the one that happened.
+        assert!(
+            text.contains(r#"loopscale_operator_reconciliation_errors_total{error="kube"} 0"#),
+            "{text}"
+        );
         assert!(text.contains(
             r#"loopscale_experiment_phase{experiment="x",namespace="lab",phase="Running"} 1"#
         ));
+    }
+
+    #[test]
+    fn every_error_kind_is_exported_at_zero_before_any_reconcile() {
+        let text = Metrics::new().render();
+        for kind in ERROR_KINDS {
+            let line =
+                format!(r#"loopscale_operator_reconciliation_errors_total{{error="{kind}"}} 0"#);
+            assert!(text.contains(&line), "missing {line} in:\n{text}");
+        }
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("loopscale_operator_reconciliation_errors_total{"))
+            .count();
+        assert_eq!(series, ERROR_KINDS.len(), "{text}");
+        assert!(
+            text.contains("loopscale_operator_reconciliations_total 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pre_registered_kinds_are_labels_the_errors_really_get() {
+        use super::super::Error;
+        let api = |code: u16| {
+            Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            })))
+        };
+        let mut errors = vec![
+            Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
+            Error::Serialization(serde_json::from_str::<u8>("x").unwrap_err()),
+            Error::MissingObjectKey("uid"),
+        ];
+        errors.extend([403, 404, 409, 422, 429, 500, 503].map(api));
+        let labels: Vec<String> = errors.iter().map(Error::metric_label).collect();
+        assert_eq!(
+            labels, ERROR_KINDS,
+            "ERROR_KINDS and Error::metric_label disagree"
+        );
     }
 }

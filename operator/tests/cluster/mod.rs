@@ -459,9 +459,10 @@ pub struct Delivered {
 /// <pod>`), the same env (downward-API values filled in from the pod), credentials a kubelet
 /// would mount — the pod's `loopscale-load` token bound to that pod (API audience), given as a
 /// kubeconfig, and the projected `loopscale`-audience proof token file — obtained through the
-/// TokenRequest API. Two differences, both forced by kwok: `--target` points at a real
-/// `loopscale-workload serve` on loopback instead of the unroutable Service, and the report
-/// also goes to a file so the test can compare. The publishing request is the load role's own.
+/// TokenRequest API. Three differences, all forced by kwok: `--target` points at a real
+/// `loopscale-workload serve` on loopback instead of the unroutable Service, the live metrics
+/// listen on a free loopback port instead of the pod's own, and the report also goes to a file
+/// so the test can compare. The publishing request is the load role's own.
 pub struct StandIn {
     task: tokio::task::JoinHandle<()>,
     pub delivered: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Delivered>>>,
@@ -624,6 +625,11 @@ async fn run_load_pod(
         "LOOPSCALE_PUBLISH_TOKEN_FILE".into(),
         proof_file.display().to_string(),
     );
+    // Each pod has its own network namespace, so every load pod can listen on the same metrics
+    // port; processes sharing this machine's cannot: loopback, a free port each.
+    if env.contains_key("LOOPSCALE_LOAD_METRICS_ADDR") {
+        env.insert("LOOPSCALE_LOAD_METRICS_ADDR".into(), "127.0.0.1:0".into());
+    }
     let mut args: Vec<String> = Vec::new();
     let mut it = container.args.clone().unwrap_or_default().into_iter();
     while let Some(a) = it.next() {
