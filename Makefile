@@ -21,7 +21,7 @@ lint:
 scripts:
 	shellcheck deploy/kind/up.sh deploy/kind/down.sh dashboards/sync-chart \
 	  deploy/testenv/build deploy/testenv/up deploy/testenv/down deploy/testenv/smoke-test \
-	  deploy/crd/check-against-apiserver workload/reference/test \
+	  deploy/crd/check-against-apiserver workload/reference/test workload/reference/gil-micro \
 	  workload/bench/serve.sh workload/bench/load.sh
 
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, etcd and helm from
