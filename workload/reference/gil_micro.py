@@ -3,9 +3,14 @@
 `def` routes) while the main thread plays the event loop: it blocks with the GIL released for
 `gap` (time.sleep, as uvloop's epoll_wait), then runs a request's Python part (250 us of bytecode
 in three pieces separated by a GIL release, as uvloop's callbacks). Prints the percentiles of how
-much later than `gap` that request finished, and the pool's jobs/s.
+much later than `gap` that request finished, and the pool's jobs/s. The CPU is burnt by the
+reference FastAPI server's own `burn_cpu`.
 
-    fastapi/.venv/bin/python gil_micro.py <threads> <gap-ms> [seconds]
+With --event-loop the same experiment runs inside uvloop, as FastAPI's structure has it: the pool
+jobs go through `run_in_executor` (each one's result comes back to the loop, which submits the
+next), and the request is a task awaiting a timer of `gap` (libuv's timers have 1 ms resolution).
+
+    fastapi/.venv/bin/python gil_micro.py [--event-loop] <threads> <gap-ms> [seconds]
 """
 
 from __future__ import annotations
@@ -16,20 +21,13 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fastapi"))
+from app import burn_cpu as burn  # noqa: E402  the reference server's own burn loop
 
 CALLBACKS_PER_REQUEST = 3
 REQUEST_CPU_MS = 0.25
-
-
-def burn(ms: float) -> None:
-    """The reference server's burn loop, checking the clock more often (pieces of 83 us)."""
-    deadline = time.thread_time() + ms / 1000.0
-    x = 1
-    while True:
-        for _ in range(50):
-            x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-        if time.thread_time() >= deadline:
-            return
 
 
 def run_request() -> None:
