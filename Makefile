@@ -23,6 +23,7 @@ scripts:
 	  deploy/testenv/build deploy/testenv/build-prometheus deploy/testenv/up deploy/testenv/down \
 	  deploy/testenv/smoke-test \
 	  deploy/crd/check-against-apiserver workload/reference/test workload/reference/install \
+	  workload/reference/gil-micro \
 	  workload/bench/serve.sh workload/bench/load.sh
 
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, etcd and helm from

@@ -262,7 +262,7 @@ async fn not_found(req: Request) -> Response {
 /// The per-request framework cost on the loop (under the GIL in thread-pool mode).
 async fn request_overhead(State(s): Shared, req: Request, next: Next) -> Response {
     match s.config.mode {
-        Mode::ThreadPool => s.gil.run_cpu(GilThread::Loop, s.config.request_overhead),
+        Mode::ThreadPool => s.gil.run_on_loop_per_request(s.config.request_overhead),
         Mode::EventLoop if !s.config.request_overhead.is_zero() => {
             burn_cpu(s.config.request_overhead)
         }
