@@ -5,9 +5,10 @@
 //! server closed it, a request on it failed or timed out. One request at a time per connection:
 //! HTTP/1.1 without pipelining, as browsers, wrk and k6 do.
 //!
-//! The slot drives hyper's connection state machine in the caller's own task instead of a
-//! spawned one: a request then costs no hand-over between tasks and takes no lock, which is
-//! where a shared pool spent most of its per-request CPU.
+//! The slot belongs to one worker, so a request takes no pool lock or semaphore; hyper's
+//! connection state machine runs in a task of its own. (Driving it inside the worker's task
+//! instead was measured too: no CPU per request saved on this machine, so the simpler form
+//! stayed; see `workload/LOAD.md`.)
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -63,20 +64,15 @@ impl RequestTemplate {
     }
 }
 
-/// hyper's half of a connection that reads and writes the socket.
-type Driver = http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>;
-
 /// A live connection and the target it goes to.
 struct Live {
     sender: SendRequest<Empty<Bytes>>,
-    /// `None` once hyper finished with the connection (closed by either side, or failed).
-    driver: Option<Driver>,
     target: usize,
 }
 
 impl Live {
     fn is_usable(&self) -> bool {
-        self.driver.is_some() && !self.sender.is_closed()
+        !self.sender.is_closed()
     }
 }
 
@@ -86,6 +82,16 @@ enum Attempt {
     Done { outcome: Outcome, keep: bool },
     /// The connection was already closed: the request was not written and may be retried.
     NotSent,
+}
+
+impl Attempt {
+    /// The exchange broke after the request may have reached the server.
+    fn failed() -> Attempt {
+        Attempt::Done {
+            outcome: Outcome::Io,
+            keep: false,
+        }
+    }
 }
 
 /// A worker's connection: at most one live connection, re-opened as needed.
@@ -183,61 +189,28 @@ async fn exchange(
     }
 }
 
-/// One request on `connection`, driving its I/O in this task until the response is read.
+/// One request on `connection`, read to the end of its response.
 async fn attempt(connection: &mut Live, template: &RequestTemplate) -> Attempt {
-    let Live {
-        sender,
-        driver,
-        target,
-    } = connection;
-    let request = template.request(*target);
-    let work = async {
-        if sender.ready().await.is_err() {
-            return Attempt::NotSent;
-        }
-        let response = match sender.try_send_request(request).await {
-            Ok(response) => response,
-            Err(e) if e.message().is_some() => return Attempt::NotSent,
-            Err(_) => {
-                return Attempt::Done {
-                    outcome: Outcome::Io,
-                    keep: false,
-                }
-            }
-        };
-        let (parts, mut body) = response.into_parts();
-        while let Some(frame) = body.frame().await {
-            if frame.is_err() {
-                return Attempt::Done {
-                    outcome: Outcome::Io,
-                    keep: false,
-                };
-            }
-        }
-        Attempt::Done {
-            outcome: Outcome::from_status(parts.status),
-            keep: true,
-        }
+    let sender = &mut connection.sender;
+    if sender.ready().await.is_err() {
+        return Attempt::NotSent;
+    }
+    let request = template.request(connection.target);
+    let response = match sender.try_send_request(request).await {
+        Ok(response) => response,
+        Err(e) if e.message().is_some() => return Attempt::NotSent,
+        Err(_) => return Attempt::failed(),
     };
-    drive(driver, work).await
-}
-
-/// Runs `work` to completion while polling the connection's `driver` in the same task.
-///
-/// The driver is polled first, so a request just handed to hyper is written in the same poll.
-/// Once the driver finishes it is dropped at once: that fails whatever `work` still waits for
-/// (hyper answers a dropped dispatcher with an error), so `work` cannot hang on it.
-async fn drive<F: Future>(driver: &mut Option<Driver>, work: F) -> F::Output {
-    let mut work = pin!(work);
-    poll_fn(|cx| {
-        if let Some(d) = driver.as_mut() {
-            if Pin::new(d).poll(cx).is_ready() {
-                *driver = None;
-            }
+    let (parts, mut body) = response.into_parts();
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            return Attempt::failed();
         }
-        work.as_mut().poll(cx)
-    })
-    .await
+    }
+    Attempt::Done {
+        outcome: Outcome::from_status(parts.status),
+        keep: true,
+    }
 }
 
 /// Opens a connection to a target picked at random.
@@ -252,9 +225,12 @@ async fn connect(template: &RequestTemplate, metrics: &LoadMetrics) -> Result<Li
         .await
         .map_err(|_| Outcome::Connect)?;
     metrics.connections_opened.inc();
+    tokio::spawn(async move {
+        // Ends when the server closes or the sender is dropped; errors surface on the sender.
+        let _ = driver.await;
+    });
     Ok(Live {
         sender,
-        driver: Some(driver),
         target: index,
     })
 }
