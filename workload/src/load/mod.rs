@@ -2,16 +2,18 @@
 //!
 //! - [`args`]: flags, env vars and their validation into a plan;
 //! - [`schedule`]: the open model's intended start times; [`timer`]: a sub-millisecond sleep;
-//! - [`pool`]: the HTTP/1.1 keep-alive connection pool over several targets;
+//! - [`jobs`]: the queue of due requests between the timer or loops and the connections;
+//! - [`connection`]: one HTTP/1.1 keep-alive connection per worker, over several targets;
 //! - [`outcome`]: how a request ended;
 //! - [`recorder`]: the measured window's histogram, counts and timeline;
 //! - [`metrics`]: live Prometheus metrics; [`progress`]: the terminal line;
 //! - [`run`]: drives a run and produces the [`crate::report::Report`].
 
 pub mod args;
+pub mod connection;
+pub mod jobs;
 pub mod metrics;
 pub mod outcome;
-pub mod pool;
 pub mod progress;
 pub mod publish;
 pub mod recorder;

@@ -1,14 +1,15 @@
-//! Drives a run: the open model's timer thread or the closed model's loops, warm-up, the
-//! measured window, the drain, and the report.
+//! Drives a run: the open model's timer or the closed model's loops, the connection workers,
+//! warm-up, the measured window, the drain, and the report.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::args::LoadPlan;
+use super::connection::{ConnectionSlot, RequestTemplate};
+use super::jobs::{closed_loop_next, Job, JobQueue};
 use super::metrics::LoadMetrics;
 use super::outcome::Outcome;
-use super::pool::Pool;
 use super::progress::{Progress, ProgressState};
 use super::recorder::Recorder;
 use super::schedule::OpenSchedule;
@@ -19,13 +20,14 @@ use crate::report::{LoadModel, Report, ReportError};
 /// low rates.
 const MAX_TIMER_SLEEP: Duration = Duration::from_millis(50);
 
-/// State shared by the timer thread, the request tasks and the progress task.
+/// State shared by the timer, the workers and the progress task.
 struct Shared {
-    pool: Pool,
+    queue: JobQueue,
     recorder: Mutex<Recorder>,
     metrics: Arc<LoadMetrics>,
     in_flight: AtomicU64,
     concurrency: u64,
+    model: LoadModel,
     start: Instant,
     window_start: Instant,
     window_end: Instant,
@@ -38,20 +40,21 @@ impl Shared {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// A request is about to start.
-    fn begin(&self, measured: bool) {
+    /// A request is due (it counts as in flight until it ends, waiting for a connection
+    /// included).
+    fn begin(&self, job: Job) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.metrics.in_flight.inc();
-        if measured {
+        if job.measured {
             self.recorder.lock().expect("recorder lock").start();
         }
     }
 
-    /// A request ended: record it if it belongs to the window.
-    fn end(&self, outcome: Outcome, measured: bool, latency_from: Instant) {
+    /// A request ended: record it if it belongs to the window. Returns the time it ended.
+    fn end(&self, outcome: Outcome, job: Job) -> Instant {
         let now = Instant::now();
-        if measured {
-            let latency = now.saturating_duration_since(latency_from);
+        if job.measured {
+            let latency = now.saturating_duration_since(job.from);
             let at = now.saturating_duration_since(self.window_start);
             let counted = self
                 .recorder
@@ -64,6 +67,17 @@ impl Shared {
         }
         self.metrics.in_flight.dec();
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        now
+    }
+
+    /// The closed model: the next request of the loop whose request ended `now`, begun.
+    fn closed_next(&self, now: Instant) -> Option<Job> {
+        if self.stopped() {
+            return None;
+        }
+        let job = closed_loop_next(now, self.window_start, self.window_end)?;
+        self.begin(job);
+        Some(job)
     }
 
     fn request_stop(&self) {
@@ -89,18 +103,17 @@ pub async fn run(
     let start = Instant::now();
     let window_start = start + plan.warmup;
     let window_end = window_start + plan.duration;
+    let template = Arc::new(RequestTemplate::new(
+        plan.targets.clone(),
+        plan.path.clone(),
+    ));
     let shared = Arc::new(Shared {
-        pool: Pool::new(
-            plan.targets.clone(),
-            plan.path.clone(),
-            plan.connections as usize,
-            plan.timeout,
-            metrics.clone(),
-        ),
+        queue: JobQueue::new(),
         recorder: Mutex::new(Recorder::new()),
         metrics,
         in_flight: AtomicU64::new(0),
         concurrency: plan.concurrency,
+        model: plan.model,
         start,
         window_start,
         window_end,
@@ -115,7 +128,22 @@ pub async fn run(
         .is_visible()
         .then(|| tokio::spawn(tick_progress(shared.clone(), progress.clone())));
 
-    let loops = match plan.model {
+    if plan.model == LoadModel::Closed {
+        // Every loop's first request is due at once.
+        for _ in 0..plan.concurrency {
+            if let Some(job) = shared.closed_next(start) {
+                shared.queue.push(job);
+            }
+        }
+    }
+    let workers: Vec<_> = (0..plan.connections)
+        .map(|_| {
+            let slot = ConnectionSlot::new(template.clone(), shared.metrics.clone(), plan.timeout);
+            tokio::spawn(work(slot, shared.clone()))
+        })
+        .collect();
+
+    match plan.model {
         LoadModel::Open => {
             let rate = plan.rate.expect("the plan has a rate in the open model");
             let schedule = OpenSchedule::new(rate, plan.warmup, plan.duration);
@@ -124,12 +152,8 @@ pub async fn run(
                 tracing::error!("open-model timer failed: {e}");
                 shared.request_stop();
             }
-            Vec::new()
         }
         LoadModel::Closed => {
-            let loops: Vec<_> = (0..plan.concurrency)
-                .map(|_| tokio::spawn(closed_loop(shared.clone())))
-                .collect();
             let deadline = tokio::time::Instant::from_std(window_end);
             while tokio::time::Instant::now() < deadline && !shared.stopped() {
                 tokio::time::sleep_until(
@@ -137,9 +161,8 @@ pub async fn run(
                 )
                 .await;
             }
-            loops
         }
-    };
+    }
 
     // Drain: requests that started in the window get up to `--timeout` more to finish.
     let drain_deadline = Instant::now() + plan.timeout;
@@ -153,7 +176,7 @@ pub async fn run(
         .expect("recorder lock")
         .close(Instant::now().saturating_duration_since(window_start));
     shared.metrics.observe_unfinished(unfinished);
-    for task in loops {
+    for task in workers {
         task.abort();
     }
     signals.abort();
@@ -175,9 +198,9 @@ pub async fn run(
     report
 }
 
-/// The open model's timer: a task on the runtime that sleeps on a timerfd until each intended
-/// start (nanosecond resolution, see [`PreciseTimer`]) and then spawns the request, or counts it
-/// as dropped at the in-flight limit. When late it sends everything already due at once.
+/// The open model's timer: sleeps on a timerfd until each intended start (nanosecond
+/// resolution, see [`PreciseTimer`]) and then queues the request for a connection, or counts it
+/// as dropped at the in-flight limit. When late it queues everything already due at once.
 async fn run_open(schedule: OpenSchedule, shared: Arc<Shared>) -> std::io::Result<()> {
     let timer = PreciseTimer::new()?;
     let total = schedule.total();
@@ -188,7 +211,7 @@ async fn run_open(schedule: OpenSchedule, shared: Arc<Shared>) -> std::io::Resul
         let now = Instant::now();
         if intended > now {
             if sent_without_yield > 0 {
-                // Let the requests just spawned write first; arming the timer can wait.
+                // Let the requests just queued write first; arming the timer can wait.
                 sent_without_yield = 0;
                 tokio::task::yield_now().await;
                 continue;
@@ -212,13 +235,13 @@ async fn run_open(schedule: OpenSchedule, shared: Arc<Shared>) -> std::io::Resul
                 }
             }
         } else {
-            shared.begin(measured);
-            let task_shared = shared.clone();
-            tokio::spawn(async move {
-                let outcome = task_shared.pool.request().await;
-                // Latency from the intended start: time spent late or queued counts.
-                task_shared.end(outcome, measured, intended);
-            });
+            // Latency from the intended start: time spent late or queued counts.
+            let job = Job {
+                from: intended,
+                measured,
+            };
+            shared.begin(job);
+            shared.queue.push(job);
         }
         i += 1;
         // A long catch-up burst must not starve the responses of requests already sent.
@@ -231,22 +254,29 @@ async fn run_open(schedule: OpenSchedule, shared: Arc<Shared>) -> std::io::Resul
     Ok(())
 }
 
-/// One closed-model loop: the next request starts when the previous one ends.
-async fn closed_loop(shared: Arc<Shared>) {
+/// A connection worker: takes due requests from the queue and sends them on its connection. In
+/// the closed model it also starts each loop's next request when one ends, and sends it itself
+/// when nobody else waits (see [`super::jobs::keeps_own_job`]).
+async fn work(mut slot: ConnectionSlot, shared: Arc<Shared>) {
+    let mut job = shared.queue.next().await;
     loop {
-        let started = Instant::now();
-        if started >= shared.window_end || shared.stopped() {
-            return;
-        }
-        let measured = started >= shared.window_start;
-        shared.begin(measured);
-        let outcome = shared.pool.request().await;
-        shared.end(outcome, measured, started);
+        let outcome = slot.request().await;
+        let ended = shared.end(outcome, job);
         if !outcome.has_response() {
             // A failure can complete without ever waiting on I/O (a refused connect on
-            // loopback); yield so a loop hammering a dead target cannot starve the runtime.
+            // loopback); yield so a worker hammering a dead target cannot starve the runtime.
             tokio::task::yield_now().await;
         }
+        if shared.model == LoadModel::Closed {
+            if let Some(next) = shared.closed_next(ended) {
+                if shared.queue.keeps_own_job() {
+                    job = next;
+                    continue;
+                }
+                shared.queue.push(next);
+            }
+        }
+        job = shared.queue.next().await;
     }
 }
 
