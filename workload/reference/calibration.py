@@ -644,6 +644,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="also measure /hello while 1, 2, 4, 8 /cpu requests run on FastAPI and the emulated thread-pool mode",
     )
+    parser.add_argument(
+        "--gil-sweep-only",
+        action="store_true",
+        help="run only the GIL sweep (real FastAPI and the emulated thread-pool mode, 1 process each, "
+        f"no cost or shape scenarios): about 2 minutes; the emulation's overhead is "
+        f"--overhead-thread-pool-us, else {DEFAULT_SWEEP_OVERHEAD_US} us",
+    )
     parser.add_argument("--json", default="calibration.json", help="where to write the results (default calibration.json)")
     parser.add_argument("--workload-bin", help="the loopscale-workload binary (default: $LOOPSCALE_WORKLOAD_BIN, else target/release, built if missing)")
     parser.add_argument("--overhead-event-loop-us", type=int, help="use this overhead for event-loop mode instead of proposing one")
@@ -669,6 +676,56 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if value is not None and value < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
     return args
+
+
+def run_gil_sweep_only(args: argparse.Namespace, settings: Settings) -> int:
+    """--gil-sweep-only: the sweep alone, for iterating on the GIL model, with real FastAPI measured
+    in the same invocation so that the comparison sees the same machine load."""
+    started = time.time()
+    load_before = os.getloadavg()
+    overhead = {"event-loop": 0, "thread-pool": sweep_overhead_us(args.overhead_thread_pool_us)}
+    with ServerPool(settings) as pool:
+        log(settings, f"GIL sweep only: thread-pool overhead {overhead['thread-pool']} us")
+        pool.start("fastapi", 1)
+        pool.start("emulated-thread-pool", 1, overhead)
+        sweep = gil_sweep(settings, pool)
+    result = {
+        "version": CALIBRATION_VERSION,
+        "created_unix": started,
+        "elapsed_secs": time.time() - started,
+        "settings": {
+            "gil_sweep_only": True,
+            "warmup_secs": settings.warmup,
+            "duration_secs": settings.duration,
+            "repetitions": settings.repetitions,
+            "prime_secs": settings.prime,
+            "autogroup_nice": settings.nice,
+            "cpu_ms": CPU_MS,
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "workload_bin": str(settings.load_bin),
+        },
+        "used_overhead_us": overhead,
+        "gil_sweep": sweep,
+    }
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print("p50 / p99 of /hello (ms) while N /cpu?ms=10 requests run, 1 process:\n")
+    print(render_gil_sweep(sweep))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+DEFAULT_SWEEP_OVERHEAD_US = 284
+"""The thread-pool overhead --gil-sweep-only uses unless told: the one the latest full calibration
+(calibration-latest.json) proposed and used."""
+
+
+def sweep_overhead_us(given: int | None) -> int:
+    """The emulation's thread-pool overhead for --gil-sweep-only."""
+    return DEFAULT_SWEEP_OVERHEAD_US if given is None else given
 
 
 def check_installed() -> None:
@@ -706,6 +763,8 @@ def main(argv: list[str]) -> int:
             nice=args.nice,
             verbose=not args.quiet,
         )
+        if args.gil_sweep_only:
+            return run_gil_sweep_only(args, settings)
         return run_calibration(args, settings)
 
 

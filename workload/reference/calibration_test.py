@@ -6,11 +6,13 @@ on a real child process. Prints a PASS/FAIL line per test; exits 1 on any failur
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 import unittest
+from pathlib import Path
 
 import calibration as cal
 
@@ -168,6 +170,15 @@ class LoadCommand(unittest.TestCase):
                         cal.parse_args(bad)
             finally:
                 sys.stderr = stderr
+
+    def test_gil_sweep_only_uses_the_given_overhead_or_the_latest_calibrations(self) -> None:
+        self.assertTrue(cal.parse_args(["--gil-sweep-only"]).gil_sweep_only)
+        self.assertFalse(cal.parse_args([]).gil_sweep_only)
+        self.assertEqual(cal.sweep_overhead_us(None), cal.DEFAULT_SWEEP_OVERHEAD_US)
+        self.assertEqual(cal.sweep_overhead_us(0), 0)
+        self.assertEqual(cal.sweep_overhead_us(300), 300)
+        latest = json.loads((Path(__file__).resolve().parent / "calibration-latest.json").read_text())
+        self.assertEqual(cal.DEFAULT_SWEEP_OVERHEAD_US, latest["used_overhead_us"]["thread-pool"])
 
 
 class CpuDelta(unittest.TestCase):
