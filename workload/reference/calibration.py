@@ -690,11 +690,25 @@ def run_gil_sweep_only(args: argparse.Namespace, settings: Settings) -> int:
         pool.start("emulated-thread-pool", 1, overhead)
         sweep = gil_sweep(settings, pool)
     result = {
+        **run_record(settings, started, load_before, {"gil_sweep_only": True}),
+        "used_overhead_us": overhead,
+        "gil_sweep": sweep,
+    }
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print_gil_sweep(sweep)
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+def run_record(settings: Settings, started: float, load_before: tuple, run_settings: dict) -> dict:
+    """The head every calibration JSON starts with: version, timing, the run's settings (the
+    shared ones plus `run_settings`) and the machine it ran on."""
+    return {
         "version": CALIBRATION_VERSION,
         "created_unix": started,
         "elapsed_secs": time.time() - started,
         "settings": {
-            "gil_sweep_only": True,
+            **run_settings,
             "warmup_secs": settings.warmup,
             "duration_secs": settings.duration,
             "repetitions": settings.repetitions,
@@ -704,18 +718,18 @@ def run_gil_sweep_only(args: argparse.Namespace, settings: Settings) -> int:
         },
         "machine": {
             "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
             "workload_bin": str(settings.load_bin),
         },
-        "used_overhead_us": overhead,
-        "gil_sweep": sweep,
     }
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def print_gil_sweep(sweep: dict) -> None:
     print("p50 / p99 of /hello (ms) while N /cpu?ms=10 requests run, 1 process:\n")
     print(render_gil_sweep(sweep))
-    print(f"\nwrote {args.json}")
-    return 0
 
 
 DEFAULT_SWEEP_OVERHEAD_US = 284
@@ -815,30 +829,18 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
     table = render_table(comparisons, costs, used)
 
     result = {
-        "version": CALIBRATION_VERSION,
-        "created_unix": started,
-        "elapsed_secs": time.time() - started,
-        "settings": {
-            "quick": bool(args.quick),
-            "warmup_secs": settings.warmup,
-            "duration_secs": settings.duration,
-            "repetitions": settings.repetitions,
-            "prime_secs": settings.prime,
-            "autogroup_nice": settings.nice,
-            "cpu_ms": CPU_MS,
-            "io_ms": IO_MS,
-            "io_concurrency": IO_CONCURRENCY,
-            "cpu_concurrency": CPU_CONCURRENCY,
-            "tolerance": TARGET_TOLERANCE,
-        },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-            "workload_bin": str(settings.load_bin),
-        },
+        **run_record(
+            settings,
+            started,
+            load_before,
+            {
+                "quick": bool(args.quick),
+                "io_ms": IO_MS,
+                "io_concurrency": IO_CONCURRENCY,
+                "cpu_concurrency": CPU_CONCURRENCY,
+                "tolerance": TARGET_TOLERANCE,
+            },
+        ),
         "shape_metric_definitions": SHAPE_METRICS,
         "proposal_scenario": PROPOSAL_SCENARIO,
         "baseline_costs": baseline_costs,
@@ -854,8 +856,8 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(table)
     if sweep is not None:
-        print("\np50 / p99 of /hello (ms) while N /cpu?ms=10 requests run, 1 process:\n")
-        print(render_gil_sweep(sweep))
+        print()
+        print_gil_sweep(sweep)
     print(f"\nwrote {args.json}")
     return 0
 
