@@ -259,10 +259,12 @@ async fn not_found(req: Request) -> Response {
         .into_response()
 }
 
-/// The per-request framework cost on the loop (under the GIL in thread-pool mode).
+/// The per-request framework cost on the loop. In thread-pool mode it runs inside the GIL hold of
+/// the connection's poll (the worker polls each connection as one uvloop callback), honouring
+/// drop requests as CPython's eval loop does.
 async fn request_overhead(State(s): Shared, req: Request, next: Next) -> Response {
     match s.config.mode {
-        Mode::ThreadPool => s.gil.run_on_loop_per_request(s.config.request_overhead),
+        Mode::ThreadPool => s.gil.run_cpu(GilThread::Loop, s.config.request_overhead),
         Mode::EventLoop if !s.config.request_overhead.is_zero() => {
             burn_cpu(s.config.request_overhead)
         }

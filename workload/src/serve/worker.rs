@@ -15,7 +15,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use axum::serve::{Listener, ListenerExt};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use prometheus::Histogram;
 use tokio::sync::{oneshot, Notify};
 
@@ -224,6 +232,7 @@ pub fn run(config: Config, worker: usize) -> ExitCode {
         pool,
         pod: pod.clone(),
     });
+    let gil = state.gil.clone();
     let result = runtime.block_on(async move {
         tokio::spawn(probe_lag(metrics.eventloop_lag.clone()));
         let app = router(state);
@@ -233,11 +242,11 @@ pub fn run(config: Config, worker: usize) -> ExitCode {
                 let std = std::net::TcpListener::from(connections);
                 std.set_nonblocking(true)?;
                 let listener = tokio::net::TcpListener::from_std(std)?;
-                serve(listener, app, shutdown, &pod, worker).await
+                serve(listener, app, shutdown, &pod, worker, gil).await
             }
             Balancing::RoundRobin => {
                 let listener = PassedConnections::new(connections)?;
-                serve(listener, app, shutdown, &pod, worker).await
+                serve(listener, app, shutdown, &pod, worker, gil).await
             }
         }
     });
@@ -259,17 +268,63 @@ async fn serve<L>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     pod: &PodLink,
     worker: usize,
+    gil: Arc<Gil>,
 ) -> std::io::Result<()>
 where
     L: Listener<Io = tokio::net::TcpStream>,
     L::Addr: std::fmt::Debug,
 {
-    let listener = listener.tap_io(|tcp| {
+    let mut listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
     pod.send(&Message::WorkerReady)?;
     tracing::debug!(worker, "serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // What `axum::serve(..).with_graceful_shutdown(..)` does, with one difference: each
+    // connection's task is polled as a loop callback (see `LoopCallback`).
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, _peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = http1::Builder::new().serve_connection(TokioIo::new(io), service);
+        let connection = connections.watch(connection);
+        let gil = gil.clone();
+        tokio::spawn(LoopCallback::new(gil, connection));
+    }
+    drop(listener);
+    tracing::debug!(worker, "not accepting; draining open connections");
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// A connection's task, polled the way uvloop runs a callback into Python: in thread-pool mode
+/// each poll (reading and parsing a request, the route up to its first wait, writing an answer)
+/// holds the GIL throughout, and the GIL is dropped between polls, when the loop moves on or
+/// blocks in epoll. Polls of other tasks (the lag probe, the accept loop) are libuv's C side and
+/// do not take it. Without a GIL the poll is the inner future's alone.
+struct LoopCallback<F> {
+    gil: Arc<Gil>,
+    task: Pin<Box<F>>,
+}
+
+impl<F> LoopCallback<F> {
+    fn new(gil: Arc<Gil>, task: F) -> Self {
+        LoopCallback {
+            gil,
+            task: Box::pin(task),
+        }
+    }
+}
+
+impl<F: Future> Future for LoopCallback<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let task = &mut this.task;
+        this.gil.hold_on_loop(|| task.as_mut().poll(cx))
+    }
 }
