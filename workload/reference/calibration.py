@@ -732,7 +732,7 @@ def print_gil_sweep(sweep: dict) -> None:
     print(render_gil_sweep(sweep))
 
 
-DEFAULT_SWEEP_OVERHEAD_US = 284
+DEFAULT_SWEEP_OVERHEAD_US = 380
 """The thread-pool overhead --gil-sweep-only uses unless told: the one the latest full calibration
 (calibration-latest.json) proposed and used."""
 
