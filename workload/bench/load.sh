@@ -3,6 +3,12 @@
 # (workload/examples/bare_hello.rs: axum on a current-thread runtime), one thread each, the same
 # number of connections. Prints figures; it does not pass or fail.
 #
+# Both p50s measure the same span: wrk's from right before its `write` of a request to the read
+# that completes the response; ours (closed model) from right before the request's first byte is
+# written to the last byte of the response read (see "Models" in workload/LOAD.md; before
+# 2026-11-26 ours counted from when its loop decided to send, hyper's hand-over included).
+# "cpu us/req" is user + system time of the generator process over the requests it completed.
+#
 #   workload/bench/load.sh                 # defaults below
 #   CONNECTIONS=64 DURATION=10 ROUNDS=5 workload/bench/load.sh
 #
