@@ -124,8 +124,8 @@ pub struct ConnectionSlot {
     metrics: Arc<LoadMetrics>,
     timeout: Duration,
     live: Option<Live>,
-    /// The running request's deadline, re-armed per request (tokio only moves a timer that is
-    /// pushed later lazily, so this costs no timer-wheel work per request).
+    /// A timer at or before the running request's deadline: it is moved to the request's own
+    /// deadline only when it fires early (about once per `--timeout`), not per request.
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -147,12 +147,10 @@ impl ConnectionSlot {
     /// Sends one request and reads the whole response, opening or re-opening the connection
     /// as needed. `--timeout` covers connect + response, not the wait for the connection.
     pub async fn request(&mut self) -> Exchange {
-        self.deadline
-            .as_mut()
-            .reset(tokio::time::Instant::now() + self.timeout);
+        let due = tokio::time::Instant::now() + self.timeout;
         let outcome = {
             let exchange = pin!(exchange(&mut self.live, &self.template, &self.metrics));
-            race(exchange, self.deadline.as_mut()).await
+            race(exchange, self.deadline.as_mut(), due).await
         };
         match outcome {
             Some(exchange) => exchange,
@@ -166,16 +164,24 @@ impl ConnectionSlot {
     }
 }
 
-/// `work`'s output, or `None` if `deadline` passes first.
+/// `work`'s output, or `None` if `due` passes first. `timer` is set no later than `due` (an
+/// earlier request's deadline, or `due` itself); when it fires before `due` it is moved there.
 async fn race<F: Future>(
     mut work: Pin<&mut F>,
-    mut deadline: Pin<&mut Sleep>,
+    mut timer: Pin<&mut Sleep>,
+    due: tokio::time::Instant,
 ) -> Option<F::Output> {
     poll_fn(|cx| {
         if let Poll::Ready(output) = work.as_mut().poll(cx) {
             return Poll::Ready(Some(output));
         }
-        deadline.as_mut().poll(cx).map(|()| None)
+        while timer.as_mut().poll(cx).is_ready() {
+            if timer.deadline() >= due {
+                return Poll::Ready(None);
+            }
+            timer.as_mut().reset(due);
+        }
+        Poll::Pending
     })
     .await
 }
@@ -262,4 +268,42 @@ async fn connect(template: &RequestTemplate, metrics: &LoadMetrics) -> Result<Li
         target: index,
         clock,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::pending;
+    use tokio::time::Instant;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_times_out_at_its_own_deadline_not_an_earlier_timer() {
+        let start = Instant::now();
+        let mut timer = Box::pin(tokio::time::sleep_until(start + Duration::from_millis(10)));
+        let due = start + Duration::from_millis(60);
+
+        let answered = pin!(async {
+            tokio::time::sleep_until(start + Duration::from_millis(30)).await;
+            7
+        });
+        assert_eq!(
+            race(answered, timer.as_mut(), due).await,
+            Some(7),
+            "the earlier timer fired at 10 ms; the request's deadline is 60 ms"
+        );
+        assert_eq!(
+            timer.deadline(),
+            due,
+            "the timer moved to the request's deadline"
+        );
+
+        let due = start + Duration::from_millis(120);
+        let silent = pin!(pending::<()>());
+        assert_eq!(race(silent, timer.as_mut(), due).await, None);
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(120) && waited < Duration::from_secs(5),
+            "timed out after {waited:?}, at the deadline (120 ms)"
+        );
+    }
 }
