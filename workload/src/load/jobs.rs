@@ -141,35 +141,45 @@ mod tests {
     fn latency_counts_from_the_intended_start_or_the_first_byte_written() {
         let due = Instant::now();
         let ms = |n: u64| due + Duration::from_millis(n);
-        let wire = Some(WireTimes {
-            written: ms(3),
-            read: Some(ms(10)),
-        });
+        let wire = |read: Option<Instant>| {
+            Some(WireTimes {
+                written: ms(3),
+                read,
+            })
+        };
         let seen = ms(12);
-        assert_eq!(
-            latency(LoadModel::Open, due, wire, seen),
-            Duration::from_millis(10),
-            "open: from the intended start, waiting included, to the last byte read"
-        );
-        assert_eq!(
-            latency(LoadModel::Closed, due, wire, seen),
-            Duration::from_millis(7),
-            "closed: from the first byte written"
-        );
-        let unread = Some(WireTimes {
-            written: ms(3),
-            read: None,
-        });
-        assert_eq!(
-            latency(LoadModel::Closed, due, unread, seen),
-            Duration::from_millis(9),
-            "no read instant: until the worker saw the response"
-        );
-        assert_eq!(
-            latency(LoadModel::Closed, due, None, seen),
-            Duration::from_millis(12),
-            "no wire instants: from when it was due"
-        );
+        for (model, wire, expected_ms, why) in [
+            (
+                LoadModel::Open,
+                wire(Some(ms(10))),
+                10,
+                "open: from the intended start, waiting included, to the last byte read",
+            ),
+            (
+                LoadModel::Closed,
+                wire(Some(ms(10))),
+                7,
+                "closed: from the first byte written",
+            ),
+            (
+                LoadModel::Closed,
+                wire(None),
+                9,
+                "no read instant: until the worker saw the response",
+            ),
+            (
+                LoadModel::Closed,
+                None,
+                12,
+                "no wire instants: from when it was due",
+            ),
+        ] {
+            assert_eq!(
+                latency(model, due, wire, seen),
+                Duration::from_millis(expected_ms),
+                "{why}"
+            );
+        }
     }
 
     #[test]

@@ -124,6 +124,22 @@ impl<T> StampedIo<T> {
     }
 }
 
+impl<T: Unpin> StampedIo<T> {
+    /// Runs one write on the inner stream; the first one of an armed request that writes bytes
+    /// stamps the instant right before it. The clock is read only then (once per request).
+    fn stamped_write(
+        &mut self,
+        write: impl FnOnce(Pin<&mut T>) -> Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        let at = self.clock.is_armed().then(Instant::now);
+        let polled = write(Pin::new(&mut self.inner));
+        if let (Some(at), Poll::Ready(Ok(1..))) = (at, &polled) {
+            self.clock.wrote(at);
+        }
+        polled
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for StampedIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -145,13 +161,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StampedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        // The clock is read only for a request's first write (one per request).
-        let at = self.clock.is_armed().then(Instant::now);
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let (Some(at), Poll::Ready(Ok(1..))) = (at, &polled) {
-            self.clock.wrote(at);
-        }
-        polled
+        self.stamped_write(|inner| inner.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -159,12 +169,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StampedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let at = self.clock.is_armed().then(Instant::now);
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let (Some(at), Poll::Ready(Ok(1..))) = (at, &polled) {
-            self.clock.wrote(at);
-        }
-        polled
+        self.stamped_write(|inner| inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
