@@ -3,6 +3,15 @@
 # (workload/examples/bare_hello.rs: axum on a current-thread runtime), one thread each, the same
 # number of connections. Prints figures; it does not pass or fail.
 #
+# Both p50s measure the same span: wrk's from right before its `write` of a request to the read
+# that completes the response; ours (closed model) from right before the request's first byte is
+# written to the last byte of the response read (see "Models" in workload/LOAD.md; before
+# 2026-11-26 ours counted from when its loop decided to send, hyper's hand-over included).
+# "cpu us/req" is user + system time of the generator process over the requests it completed,
+# "user us/req" its user-space part (on loopback the kernel part is mostly the same for both).
+# On a busy machine throughput varies 2x between runs; CPU per request is the steadier figure, and
+# workload/bench/load_instructions.sh the steadiest for comparing builds of ours.
+#
 #   workload/bench/load.sh                 # defaults below
 #   CONNECTIONS=64 DURATION=10 ROUNDS=5 workload/bench/load.sh
 #
@@ -44,7 +53,8 @@ to_ms() {
   awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v+0 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000 } else print v }'
 }
 
-# Each run prints: req/s, p50 ms, CPU µs per request (user + system of the generator process).
+# Each run prints: req/s, p50 ms, CPU µs per request (user + system of the generator process),
+# user-space CPU µs per request.
 TIMEFORMAT='%U %S'
 
 run_wrk() {
@@ -54,7 +64,7 @@ run_wrk() {
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p50=$(awk '$1 == "50%" {print $2}' <<<"$out" | to_ms)
   n=$(awk '/requests in/ {print $1}' <<<"$out")
-  echo "$rps $p50 $(awk -v n="$n" '{ printf "%.1f", ($1 + $2) * 1e6 / n }' <<<"$cpu")"
+  echo "$rps $p50 $(awk -v n="$n" '{ printf "%.1f %.2f", ($1 + $2) * 1e6 / n, $1 * 1e6 / n }' <<<"$cpu")"
 }
 
 run_ours() {
@@ -66,20 +76,20 @@ run_ours() {
   rps=$(awk '/^throughput/ {print $2}' <<<"$out")
   p50=$(awk '/^latency ms/ {print $4}' <<<"$out")
   n=$(awk '/^requests/ {print $2}' <<<"$out")
-  echo "$rps $p50 $(awk -v n="$n" '{ printf "%.1f", ($1 + $2) * 1e6 / n }' <<<"$cpu")"
+  echo "$rps $p50 $(awk -v n="$n" '{ printf "%.1f %.2f", ($1 + $2) * 1e6 / n, $1 * 1e6 / n }' <<<"$cpu")"
 }
 
 echo "connections $CONNECTIONS, ${DURATION}s per run, $ROUNDS rounds, pinned: $PIN, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-6s %-20s %12s %10s %14s\n' round generator "req/s" "p50 ms" "cpu us/req"
+printf '%-6s %-20s %12s %10s %12s %12s\n' round generator "req/s" "p50 ms" "cpu us/req" "user us/req"
 : >/tmp/loopscale-bench-wrk.rows; : >/tmp/loopscale-bench-ours.rows
 for round in $(seq "$ROUNDS"); do
   w=$(run_wrk)
   # shellcheck disable=SC2086 # the row splits into printf fields on purpose
-  printf '%-6s %-20s %12s %10s %14s\n' "$round" wrk $w
+  printf '%-6s %-20s %12s %10s %12s %12s\n' "$round" wrk $w
   echo "$w" >>/tmp/loopscale-bench-wrk.rows
   o=$(run_ours)
   # shellcheck disable=SC2086 # the row splits into printf fields on purpose
-  printf '%-6s %-20s %12s %10s %14s\n' "$round" loopscale-workload $o
+  printf '%-6s %-20s %12s %10s %12s %12s\n' "$round" loopscale-workload $o
   echo "$o" >>/tmp/loopscale-bench-ours.rows
 done
 
@@ -94,10 +104,12 @@ wrk_med_p50=$(cut -d' ' -f2 /tmp/loopscale-bench-wrk.rows | median)
 our_med_p50=$(cut -d' ' -f2 /tmp/loopscale-bench-ours.rows | median)
 wrk_cpu=$(cut -d' ' -f3 /tmp/loopscale-bench-wrk.rows | median)
 our_cpu=$(cut -d' ' -f3 /tmp/loopscale-bench-ours.rows | median)
+wrk_user=$(cut -d' ' -f4 /tmp/loopscale-bench-wrk.rows | median)
+our_user=$(cut -d' ' -f4 /tmp/loopscale-bench-ours.rows | median)
 echo
 echo "best throughput:   wrk $wrk_rps req/s (p50 $wrk_p50 ms), loopscale-workload $our_rps req/s (p50 $our_p50 ms)"
 echo "median throughput: wrk $wrk_med_rps req/s (p50 $wrk_med_p50 ms), loopscale-workload $our_med_rps req/s (p50 $our_med_p50 ms)"
-echo "median CPU per request: wrk $wrk_cpu us, loopscale-workload $our_cpu us"
+echo "median CPU per request: wrk $wrk_cpu us, loopscale-workload $our_cpu us (user space: wrk $wrk_user us, loopscale-workload $our_user us)"
 awk -v a="$our_rps" -v b="$wrk_rps" -v c="$our_p50" -v d="$wrk_p50" -v e="$our_med_rps" -v f="$wrk_med_rps" \
     -v g="$our_med_p50" -v h="$wrk_med_p50" -v i="$our_cpu" -v j="$wrk_cpu" 'BEGIN {
   printf "ratio best throughput (ours / wrk):   %.3f   (target >= 1.0)\n", a / b

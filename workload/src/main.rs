@@ -4,6 +4,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use loopscale_workload::report::{merge, Report};
 
+/// mimalloc instead of glibc's malloc: the load generator allocates and frees a few small
+/// objects per request (hyper's request and response heads, channels), and the server as many
+/// per response; see the profile section of `workload/LOAD.md` for what it saves.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// loopscale's data plane: the emulated server and the load generator.
 #[derive(Parser)]
 #[command(name = "loopscale-workload", version, about)]

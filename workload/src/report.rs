@@ -171,7 +171,8 @@ pub struct Summary {
     /// `ok / window_secs`; for a merged report the sum over the generators.
     pub throughput_rps: f64,
     /// Latency of every request that got an HTTP response (any status), from the histogram.
-    /// Open model: measured from the intended start time.
+    /// Open model: measured from the intended start time; closed model: from the first byte
+    /// of the request written. Both end at the last byte of the response read.
     pub latency_ms: Latency,
     pub errors: Errors,
     /// Open model: intended requests that were not sent because the in-flight limit was reached.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::load::{read_report, run_generator, temp_report};
+use support::load::{assert_all_ok, read_report, run_generator, temp_report, Load};
 use support::serial;
 use support::stub_servers::{start, Behavior, TestServer};
 
@@ -279,4 +279,29 @@ fn open_model_holds_500_per_second() {
             "uneven seconds at the server: {per_second:?}"
         );
     }
+}
+
+/// The closed model counts latency from the request's first byte written: with four loops on
+/// one connection, each request waits for the three before it (~60 ms), and that wait is the
+/// generator's own queue, not the server's latency (wrk has no such case; see "Models" in
+/// `workload/LOAD.md`). Measured from when the loop decided to send, p50 would be ~80 ms.
+#[test]
+fn closed_model_latency_excludes_the_wait_for_a_connection() {
+    let _serial = serial();
+    let server = start(Behavior::Delay(Duration::from_millis(20)));
+    let report = Load::closed(&server.url(), "/", 4)
+        .connections(1)
+        .duration(Duration::from_secs(1))
+        .run();
+    assert_all_ok(&report);
+    let s = &report.summary;
+    assert!(
+        s.requests <= 55,
+        "one connection at 20 ms per request carries at most ~50 per second: {s:?}"
+    );
+    assert!(
+        s.latency_ms.p50 >= 19.5 && s.latency_ms.p50 < 30.0,
+        "p50 {} ms: the server's 20 ms, without the wait for the connection: {s:?}",
+        s.latency_ms.p50
+    );
 }

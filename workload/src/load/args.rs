@@ -22,7 +22,8 @@ pub struct LoadArgs {
     pub targets: Vec<Target>,
 
     /// `open`: constant arrival rate, latency from the intended start, late requests dropped.
-    /// `closed`: `--concurrency` loops, each sending its next request when the previous ends.
+    /// `closed`: `--concurrency` loops, each sending its next request when the previous ends;
+    /// latency from the request's first byte written, as wrk measures.
     #[arg(long, env = "LOOPSCALE_LOAD_MODEL", value_enum, default_value_t = LoadModel::Open)]
     pub model: LoadModel,
 

@@ -9,6 +9,10 @@
 //! connection state machine runs in a task of its own. (Driving it inside the worker's task
 //! instead was measured too: no CPU per request saved on this machine, so the simpler form
 //! stayed; see `workload/LOAD.md`.)
+//!
+//! The connection's socket is wrapped in a [`StampedIo`], so each exchange also reports when its
+//! request was written and its response read ([`WireTimes`]), free of the client's own hops
+//! between this worker and the connection task.
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -30,6 +34,7 @@ use tokio::time::Sleep;
 use super::args::Target;
 use super::metrics::LoadMetrics;
 use super::outcome::Outcome;
+use super::wire_clock::{StampedIo, WireClock, WireTimes};
 
 /// What every connection of a run sends, prepared once.
 pub struct RequestTemplate {
@@ -64,10 +69,11 @@ impl RequestTemplate {
     }
 }
 
-/// A live connection and the target it goes to.
+/// A live connection, the target it goes to and the clock its socket stamps.
 struct Live {
     sender: SendRequest<Empty<Bytes>>,
     target: usize,
+    clock: Arc<WireClock>,
 }
 
 impl Live {
@@ -76,10 +82,28 @@ impl Live {
     }
 }
 
+/// How one request ended, and when it crossed the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange {
+    pub outcome: Outcome,
+    /// When the request was written and the response read; `None` when the request failed or
+    /// was never written.
+    pub wire: Option<WireTimes>,
+}
+
+impl Exchange {
+    fn failed(outcome: Outcome) -> Exchange {
+        Exchange {
+            outcome,
+            wire: None,
+        }
+    }
+}
+
 /// How one attempt on a connection ended.
 enum Attempt {
     /// The request was answered, or failed after it may have reached the server.
-    Done { outcome: Outcome, keep: bool },
+    Done { exchange: Exchange, keep: bool },
     /// The connection was already closed: the request was not written and may be retried.
     NotSent,
 }
@@ -88,7 +112,7 @@ impl Attempt {
     /// The exchange broke after the request may have reached the server.
     fn failed() -> Attempt {
         Attempt::Done {
-            outcome: Outcome::Io,
+            exchange: Exchange::failed(Outcome::Io),
             keep: false,
         }
     }
@@ -100,8 +124,8 @@ pub struct ConnectionSlot {
     metrics: Arc<LoadMetrics>,
     timeout: Duration,
     live: Option<Live>,
-    /// The running request's deadline, re-armed per request (tokio only moves a timer that is
-    /// pushed later lazily, so this costs no timer-wheel work per request).
+    /// A timer at or before the running request's deadline: it is moved to the request's own
+    /// deadline only when it fires early (about once per `--timeout`), not per request.
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -122,36 +146,42 @@ impl ConnectionSlot {
 
     /// Sends one request and reads the whole response, opening or re-opening the connection
     /// as needed. `--timeout` covers connect + response, not the wait for the connection.
-    pub async fn request(&mut self) -> Outcome {
-        self.deadline
-            .as_mut()
-            .reset(tokio::time::Instant::now() + self.timeout);
+    pub async fn request(&mut self) -> Exchange {
+        let due = tokio::time::Instant::now() + self.timeout;
         let outcome = {
             let exchange = pin!(exchange(&mut self.live, &self.template, &self.metrics));
-            race(exchange, self.deadline.as_mut()).await
+            race(exchange, self.deadline.as_mut(), due).await
         };
         match outcome {
-            Some(outcome) => outcome,
+            Some(exchange) => exchange,
             None => {
                 // Timed out: the exchange is dropped with its connection (its state is
                 // unknown); the next request opens a new one.
                 self.live = None;
-                Outcome::Timeout
+                Exchange::failed(Outcome::Timeout)
             }
         }
     }
 }
 
-/// `work`'s output, or `None` if `deadline` passes first.
+/// `work`'s output, or `None` if `due` passes first. `timer` is set no later than `due` (an
+/// earlier request's deadline, or `due` itself); when it fires before `due` it is moved there.
 async fn race<F: Future>(
     mut work: Pin<&mut F>,
-    mut deadline: Pin<&mut Sleep>,
+    mut timer: Pin<&mut Sleep>,
+    due: tokio::time::Instant,
 ) -> Option<F::Output> {
     poll_fn(|cx| {
         if let Poll::Ready(output) = work.as_mut().poll(cx) {
             return Poll::Ready(Some(output));
         }
-        deadline.as_mut().poll(cx).map(|()| None)
+        while timer.as_mut().poll(cx).is_ready() {
+            if timer.deadline() >= due {
+                return Poll::Ready(None);
+            }
+            timer.as_mut().reset(due);
+        }
+        Poll::Pending
     })
     .await
 }
@@ -162,29 +192,29 @@ async fn exchange(
     live: &mut Option<Live>,
     template: &RequestTemplate,
     metrics: &LoadMetrics,
-) -> Outcome {
+) -> Exchange {
     let (mut connection, mut reused) = match live.take() {
         Some(c) if c.is_usable() => (c, true),
         _ => match connect(template, metrics).await {
             Ok(c) => (c, false),
-            Err(outcome) => return outcome,
+            Err(outcome) => return Exchange::failed(outcome),
         },
     };
     loop {
         match attempt(&mut connection, template).await {
-            Attempt::Done { outcome, keep } => {
+            Attempt::Done { exchange, keep } => {
                 if keep {
                     *live = Some(connection);
                 }
-                return outcome;
+                return exchange;
             }
             // A kept-alive connection the server has since closed: open a fresh one (that is
             // not an error). On a fresh connection it is.
             Attempt::NotSent if reused => match connect(template, metrics).await {
                 Ok(c) => (connection, reused) = (c, false),
-                Err(outcome) => return outcome,
+                Err(outcome) => return Exchange::failed(outcome),
             },
-            Attempt::NotSent => return Outcome::Io,
+            Attempt::NotSent => return Exchange::failed(Outcome::Io),
         }
     }
 }
@@ -196,6 +226,7 @@ async fn attempt(connection: &mut Live, template: &RequestTemplate) -> Attempt {
         return Attempt::NotSent;
     }
     let request = template.request(connection.target);
+    connection.clock.arm();
     let response = match sender.try_send_request(request).await {
         Ok(response) => response,
         Err(e) if e.message().is_some() => return Attempt::NotSent,
@@ -208,7 +239,10 @@ async fn attempt(connection: &mut Live, template: &RequestTemplate) -> Attempt {
         }
     }
     Attempt::Done {
-        outcome: Outcome::from_status(parts.status),
+        exchange: Exchange {
+            outcome: Outcome::from_status(parts.status),
+            wire: connection.clock.take(),
+        },
         keep: true,
     }
 }
@@ -221,9 +255,9 @@ async fn connect(template: &RequestTemplate, metrics: &LoadMetrics) -> Result<Li
         .await
         .map_err(|_| Outcome::Connect)?;
     let _ = stream.set_nodelay(true);
-    let (sender, driver) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| Outcome::Connect)?;
+    let clock = Arc::new(WireClock::new());
+    let io = TokioIo::new(StampedIo::new(stream, clock.clone()));
+    let (sender, driver) = http1::handshake(io).await.map_err(|_| Outcome::Connect)?;
     metrics.connections_opened.inc();
     tokio::spawn(async move {
         // Ends when the server closes or the sender is dropped; errors surface on the sender.
@@ -232,5 +266,44 @@ async fn connect(template: &RequestTemplate, metrics: &LoadMetrics) -> Result<Li
     Ok(Live {
         sender,
         target: index,
+        clock,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::pending;
+    use tokio::time::Instant;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_times_out_at_its_own_deadline_not_an_earlier_timer() {
+        let start = Instant::now();
+        let mut timer = Box::pin(tokio::time::sleep_until(start + Duration::from_millis(10)));
+        let due = start + Duration::from_millis(60);
+
+        let answered = pin!(async {
+            tokio::time::sleep_until(start + Duration::from_millis(30)).await;
+            7
+        });
+        assert_eq!(
+            race(answered, timer.as_mut(), due).await,
+            Some(7),
+            "the earlier timer fired at 10 ms; the request's deadline is 60 ms"
+        );
+        assert_eq!(
+            timer.deadline(),
+            due,
+            "the timer moved to the request's deadline"
+        );
+
+        let due = start + Duration::from_millis(120);
+        let silent = pin!(pending::<()>());
+        assert_eq!(race(silent, timer.as_mut(), due).await, None);
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(120) && waited < Duration::from_secs(5),
+            "timed out after {waited:?}, at the deadline (120 ms)"
+        );
+    }
 }

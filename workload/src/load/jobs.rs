@@ -8,13 +8,18 @@
 //! queue: see [`keeps_own_job`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use super::wire_clock::WireTimes;
+use crate::report::LoadModel;
 
 /// A request that is due and waits for a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Job {
-    /// Where its latency counts from: the intended start (open model) or the moment its loop
-    /// started it (closed model). Time spent waiting for a connection is part of the latency.
+    /// When it became due: the intended start (open model) or the moment its loop started it
+    /// (closed model). The open model's latency counts from here, so time spent late or waiting
+    /// for a free connection is part of it; the closed model's counts from the first byte
+    /// written (see [`latency`]), and this instant only decides whether it is `measured`.
     pub from: Instant,
     /// Whether it belongs to the measured window (warm-up requests are not recorded).
     pub measured: bool,
@@ -27,6 +32,29 @@ pub fn closed_loop_next(now: Instant, window_start: Instant, window_end: Instant
         from: now,
         measured: now >= window_start,
     })
+}
+
+/// The latency of a request due at `from` that got a response, which the worker saw at `seen`.
+///
+/// It ends when the last byte of the response was read from the socket (`wire.read`), or at
+/// `seen` if that is unknown. It starts at `from` in the open model (coordinated omission
+/// corrected: the intended start). In the closed model it starts right before the request's
+/// first byte was written (`wire.written`), as wrk measures: the client's own time between a
+/// response and the next write — hyper's hand-over to the connection task, the wait in the
+/// runtime's queue, and, with more loops than connections, the wait for a free connection — is
+/// not the server's latency and shows up as throughput instead.
+pub fn latency(
+    model: LoadModel,
+    from: Instant,
+    wire: Option<WireTimes>,
+    seen: Instant,
+) -> Duration {
+    let start = match (model, wire) {
+        (LoadModel::Closed, Some(wire)) => wire.written,
+        _ => from,
+    };
+    let end = wire.and_then(|wire| wire.read).unwrap_or(seen);
+    end.saturating_duration_since(start)
 }
 
 /// Whether a worker that just finished a closed loop's request sends that loop's next request
@@ -107,6 +135,51 @@ mod tests {
                 .measured
         );
         assert_eq!(closed_loop_next(window_end, window_start, window_end), None);
+    }
+
+    #[test]
+    fn latency_counts_from_the_intended_start_or_the_first_byte_written() {
+        let due = Instant::now();
+        let ms = |n: u64| due + Duration::from_millis(n);
+        let wire = |read: Option<Instant>| {
+            Some(WireTimes {
+                written: ms(3),
+                read,
+            })
+        };
+        let seen = ms(12);
+        for (model, wire, expected_ms, why) in [
+            (
+                LoadModel::Open,
+                wire(Some(ms(10))),
+                10,
+                "open: from the intended start, waiting included, to the last byte read",
+            ),
+            (
+                LoadModel::Closed,
+                wire(Some(ms(10))),
+                7,
+                "closed: from the first byte written",
+            ),
+            (
+                LoadModel::Closed,
+                wire(None),
+                9,
+                "no read instant: until the worker saw the response",
+            ),
+            (
+                LoadModel::Closed,
+                None,
+                12,
+                "no wire instants: from when it was due",
+            ),
+        ] {
+            assert_eq!(
+                latency(model, due, wire, seen),
+                Duration::from_millis(expected_ms),
+                "{why}"
+            );
+        }
     }
 
     #[test]

@@ -54,7 +54,8 @@ impl LoadMetrics {
         let duration = Histogram::with_opts(
             HistogramOpts::new(
                 "loopscale_load_request_duration_seconds",
-                "Latency of requests that got a response, from the intended start in the open model.",
+                "Latency of requests that got a response: from the intended start (open model) or the \
+                 first byte written (closed model) to the last byte read.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
         )

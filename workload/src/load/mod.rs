@@ -4,6 +4,7 @@
 //! - [`schedule`]: the open model's intended start times; [`timer`]: a sub-millisecond sleep;
 //! - [`jobs`]: the queue of due requests between the timer or loops and the connections;
 //! - [`connection`]: one HTTP/1.1 keep-alive connection per worker, over several targets;
+//!   [`wire_clock`]: when its request and response crossed the socket;
 //! - [`outcome`]: how a request ended;
 //! - [`recorder`]: the measured window's histogram, counts and timeline;
 //! - [`metrics`]: live Prometheus metrics; [`progress`]: the terminal line;
@@ -20,6 +21,7 @@ pub mod recorder;
 pub mod run;
 pub mod schedule;
 pub mod timer;
+pub mod wire_clock;
 
 use std::fs::File;
 use std::io::Write;

@@ -6,10 +6,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::args::LoadPlan;
-use super::connection::{ConnectionSlot, RequestTemplate};
-use super::jobs::{closed_loop_next, Job, JobQueue};
+use super::connection::{ConnectionSlot, Exchange, RequestTemplate};
+use super::jobs::{closed_loop_next, latency, Job, JobQueue};
 use super::metrics::LoadMetrics;
-use super::outcome::Outcome;
 use super::progress::{Progress, ProgressState};
 use super::recorder::Recorder;
 use super::schedule::OpenSchedule;
@@ -50,11 +49,16 @@ impl Shared {
         }
     }
 
-    /// A request ended: record it if it belongs to the window. Returns the time it ended.
-    fn end(&self, outcome: Outcome, job: Job) -> Instant {
-        let now = Instant::now();
+    /// A request ended: record it if it belongs to the window. Returns the time it ended: when
+    /// its response's last byte was read, if known (saves reading the clock again).
+    fn end(&self, exchange: Exchange, job: Job) -> Instant {
+        let now = exchange
+            .wire
+            .and_then(|wire| wire.read)
+            .unwrap_or_else(Instant::now);
+        let outcome = exchange.outcome;
         if job.measured {
-            let latency = now.saturating_duration_since(job.from);
+            let latency = latency(self.model, job.from, exchange.wire, now);
             let at = now.saturating_duration_since(self.window_start);
             let counted = self
                 .recorder
@@ -260,9 +264,9 @@ async fn run_open(schedule: OpenSchedule, shared: Arc<Shared>) -> std::io::Resul
 async fn work(mut slot: ConnectionSlot, shared: Arc<Shared>) {
     let mut job = shared.queue.next().await;
     loop {
-        let outcome = slot.request().await;
-        let ended = shared.end(outcome, job);
-        if !outcome.has_response() {
+        let exchange = slot.request().await;
+        let ended = shared.end(exchange, job);
+        if !exchange.outcome.has_response() {
             // A failure can complete without ever waiting on I/O (a refused connect on
             // loopback); yield so a worker hammering a dead target cannot starve the runtime.
             tokio::task::yield_now().await;
