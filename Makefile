@@ -24,7 +24,7 @@ scripts:
 	  deploy/testenv/smoke-test \
 	  deploy/crd/check-against-apiserver workload/reference/test workload/reference/install \
 	  workload/reference/gil-micro \
-	  workload/bench/serve.sh workload/bench/load.sh
+	  workload/bench/serve.sh workload/bench/load.sh workload/bench/load_instructions.sh
 
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, etcd and helm from
 # deploy/testenv/go.mod, and a Prometheus with Kubernetes discovery from
