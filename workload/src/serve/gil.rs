@@ -235,25 +235,18 @@ impl Gil {
             return;
         };
         let me = current_thread_key();
-        // On a loop callback that already holds the GIL (see `Gil::hold_on_loop`) the work runs
-        // inside that hold and leaves it held.
-        let held_already = lock(&inner.state).held_by(me);
-        if !held_already {
-            self.take(inner, me, thread);
-        }
-        let mut remaining = work;
-        while !remaining.is_zero() {
-            let before = thread_cpu_time();
-            burn_cpu(remaining.min(CHECK_SLICE));
-            remaining = remaining.saturating_sub(thread_cpu_time() - before);
-            if !remaining.is_zero() && lock(&inner.state).drop_requested() {
-                drop_gil(inner, me);
-                self.take(inner, me, thread);
+        self.holding(inner, me, thread, || {
+            let mut remaining = work;
+            while !remaining.is_zero() {
+                let before = thread_cpu_time();
+                burn_cpu(remaining.min(CHECK_SLICE));
+                remaining = remaining.saturating_sub(thread_cpu_time() - before);
+                if !remaining.is_zero() && lock(&inner.state).drop_requested() {
+                    drop_gil(inner, me);
+                    self.take(inner, me, thread);
+                }
             }
-        }
-        if !held_already {
-            drop_gil(inner, me);
-        }
+        });
     }
 
     /// Runs `callback` as uvloop runs a callback into Python: holding the GIL throughout (taken
@@ -263,13 +256,27 @@ impl Gil {
         let Some(inner) = &self.inner else {
             return callback();
         };
-        let me = current_thread_key();
-        if lock(&inner.state).held_by(me) {
-            return callback();
+        self.holding(inner, current_thread_key(), GilThread::Loop, callback)
+    }
+
+    /// Runs `f` holding the GIL: taken first, and dropped afterwards, unless `me` already holds
+    /// it (a loop callback, see [`Gil::hold_on_loop`]); then `f` runs inside that hold and leaves
+    /// it held.
+    fn holding<R>(
+        &self,
+        inner: &Inner,
+        me: ThreadKey,
+        thread: GilThread,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        let held_already = lock(&inner.state).held_by(me);
+        if !held_already {
+            self.take(inner, me, thread);
         }
-        self.take(inner, me, GilThread::Loop);
-        let out = callback();
-        drop_gil(inner, me);
+        let out = f();
+        if !held_already {
+            drop_gil(inner, me);
+        }
         out
     }
 

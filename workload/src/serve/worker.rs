@@ -291,8 +291,7 @@ where
         let service = TowerToHyperService::new(app.clone());
         let connection = http1::Builder::new().serve_connection(TokioIo::new(io), service);
         let connection = connections.watch(connection);
-        let gil = gil.clone();
-        tokio::spawn(LoopCallback::new(gil, connection));
+        tokio::spawn(LoopCallback::new(gil.clone(), connection));
     }
     drop(listener);
     tracing::debug!(worker, "not accepting; draining open connections");
