@@ -53,6 +53,9 @@ struct Supervisor {
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     ready_workers: watch::Sender<usize>,
+    /// Connections a worker could not take (it died with them queued): the round-robin acceptor
+    /// hands them to the next worker instead of closing them.
+    rehome: mpsc::UnboundedSender<OwnedFd>,
 }
 
 impl Supervisor {
@@ -173,6 +176,7 @@ async fn supervise(config: Config, listener: std::net::TcpListener) -> std::io::
     );
     let exe = std::env::current_exe()?;
     let (ready_workers, mut ready_rx) = watch::channel(0);
+    let (rehome, rehome_rx) = mpsc::unbounded_channel();
     let sup = Arc::new(Supervisor {
         metrics: SupervisorMetrics::new(config.processes),
         slots: Mutex::new((0..config.processes).map(|_| Slot::default()).collect()),
@@ -180,6 +184,7 @@ async fn supervise(config: Config, listener: std::net::TcpListener) -> std::io::
         next_id: AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         ready_workers,
+        rehome,
         config,
     });
 
@@ -201,7 +206,11 @@ async fn supervise(config: Config, listener: std::net::TcpListener) -> std::io::
         Balancing::RoundRobin => {
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            Some(tokio::spawn(accept_round_robin(sup.clone(), listener)))
+            Some(tokio::spawn(accept_round_robin(
+                sup.clone(),
+                listener,
+                rehome_rx,
+            )))
         }
         Balancing::SharedSocket => {
             drop(listener);
@@ -346,7 +355,7 @@ async fn spawn_worker(
             let (tx, rx) = mpsc::unbounded_channel();
             // SAFETY: the AsyncFd owns this fd and nothing else closes or replaces it.
             let channel = unsafe { AsyncFd::register(fd)? };
-            let task = tokio::spawn(pass_connections(channel, rx, index));
+            let task = tokio::spawn(pass_connections(channel, rx, index, sup.rehome.clone()));
             Some((tx, task))
         }
         None => None,
@@ -378,8 +387,17 @@ async fn spawn_worker(
     sup.readiness_changed();
     writer.abort();
     reader.abort();
-    if let Some((_, task)) = passer {
-        task.abort();
+    if let Some((tx, task)) = passer {
+        // With the slot's sender gone the queue ends; whatever the dead worker never took is
+        // re-homed by the passer (its sends fail at once), so let it finish rather than abort.
+        drop(tx);
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     }
     status
 }
@@ -436,7 +454,11 @@ fn handle_worker_message(sup: &Arc<Supervisor>, index: usize, m: Message) {
 }
 
 /// Round-robin balancing: accept here, hand each connection to the next ready worker in turn.
-async fn accept_round_robin(sup: Arc<Supervisor>, listener: tokio::net::TcpListener) {
+async fn accept_round_robin(
+    sup: Arc<Supervisor>,
+    listener: tokio::net::TcpListener,
+    mut rehome: mpsc::UnboundedReceiver<OwnedFd>,
+) {
     let mut ready_rx = sup.ready_workers.subscribe();
     let mut next = 0usize;
     loop {
@@ -444,55 +466,160 @@ async fn accept_round_robin(sup: Arc<Supervisor>, listener: tokio::net::TcpListe
         if ready_rx.wait_for(|n| *n > 0).await.is_err() {
             return;
         }
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let fd = tokio::select! {
+            // A worker died with connections queued for it: they go first, they waited longest.
+            biased;
+            Some(fd) = rehome.recv() => fd,
+            accepted = listener.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
+                Ok(stream) => OwnedFd::from(stream),
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
-        let fd = match stream.into_std() {
-            Ok(s) => OwnedFd::from(s),
-            Err(e) => {
-                tracing::warn!("cannot take accepted socket: {e}");
-                continue;
-            }
-        };
-        let slots = sup.slots();
-        let n = slots.len();
-        let target = (0..n)
-            .map(|k| (next + k) % n)
-            .find(|&i| slots[i].ready && slots[i].connections.is_some());
-        if let Some(i) = target {
-            next = i + 1;
-            if let Some(tx) = &slots[i].connections {
-                let _ = tx.send(fd);
-            }
+        let (placed, after) = hand_round_robin(&sup.slots(), next, fd);
+        next = after;
+        if let Err(fd) = placed {
+            // No worker can take it right now (all dead or just dying): keep it for the next one
+            // that is ready rather than closing a connection the client already made.
+            let _ = sup.rehome.send(fd);
+            let _ = ready_rx.wait_for(|n| *n > 0).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
 
+/// Gives `fd` to the first ready worker at or after `next` whose queue is open; returns the
+/// connection back if none takes it, and where the next turn starts.
+fn hand_round_robin(slots: &[Slot], next: usize, mut fd: OwnedFd) -> (Result<(), OwnedFd>, usize) {
+    let n = slots.len();
+    for i in (0..n).map(|k| (next + k) % n) {
+        let Some(tx) = slots[i].connections.as_ref().filter(|_| slots[i].ready) else {
+            continue;
+        };
+        // A closed queue means its worker is gone: the send hands the connection back.
+        match tx.send(fd) {
+            Ok(()) => return (Ok(()), i + 1),
+            Err(mpsc::error::SendError(back)) => fd = back,
+        }
+    }
+    (Err(fd), next)
+}
+
 /// Sends queued connections to one worker, waiting while its receive queue is full (as Node's
-/// primary queues handles for a busy worker).
+/// primary queues handles for a busy worker). When the worker is gone, closes its queue and
+/// re-homes the connection it was sending and every one still queued, so a worker's death costs
+/// only the connections it had already taken.
 async fn pass_connections(
     channel: AsyncFd<OwnedFd>,
     mut queue: mpsc::UnboundedReceiver<OwnedFd>,
     index: usize,
+    rehome: mpsc::UnboundedSender<OwnedFd>,
 ) {
     while let Some(conn) = queue.recv().await {
-        loop {
+        let sent = loop {
             let Ok(mut guard) = channel.writable().await else {
-                return;
+                break false;
             };
             match guard.try_io(|fd| send_fd(fd.as_raw_fd(), conn.as_raw_fd())) {
-                Ok(Ok(())) => break,
+                Ok(Ok(())) => break true,
                 Ok(Err(e)) => {
                     tracing::debug!(worker = index, "cannot pass connection: {e}");
-                    return;
+                    break false;
                 }
                 Err(_would_block) => continue,
             }
+        };
+        if !sent {
+            queue.close();
+            let _ = rehome.send(conn);
+            while let Some(conn) = queue.recv().await {
+                let _ = rehome.send(conn);
+            }
+            return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection() -> OwnedFd {
+        OwnedFd::from(std::fs::File::open("/dev/null").unwrap())
+    }
+
+    /// A ready slot with an open queue, and the worker's end of that queue.
+    fn live_slot() -> (Slot, mpsc::UnboundedReceiver<OwnedFd>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let slot = Slot {
+            ready: true,
+            connections: Some(tx),
+            ..Slot::default()
+        };
+        (slot, rx)
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_skips_workers_not_ready() {
+        let (a, mut a_rx) = live_slot();
+        let (mut b, _b_rx) = live_slot();
+        b.ready = false;
+        let (c, mut c_rx) = live_slot();
+        let slots = [a, b, c];
+        let (placed, next) = hand_round_robin(&slots, 1, connection());
+        assert!(placed.is_ok());
+        assert_eq!(next, 3);
+        assert!(c_rx.try_recv().is_ok());
+        let (placed, next) = hand_round_robin(&slots, next, connection());
+        assert!(placed.is_ok());
+        assert_eq!(next, 1);
+        assert!(a_rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_connection_for_a_dead_worker_goes_to_the_next_one() {
+        let (a, mut a_rx) = live_slot();
+        let (b, mut b_rx) = live_slot();
+        // The passer closed worker 0's queue: its worker is gone but not yet reaped.
+        a_rx.close();
+        let slots = [a, b];
+        let (placed, next) = hand_round_robin(&slots, 0, connection());
+        assert!(placed.is_ok());
+        assert_eq!(next, 2);
+        assert!(b_rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn with_no_worker_to_take_it_the_connection_comes_back() {
+        let (a, mut a_rx) = live_slot();
+        a_rx.close();
+        let slots = [a, Slot::default()];
+        let (placed, next) = hand_round_robin(&slots, 1, connection());
+        assert!(placed.is_err(), "the connection is handed back, not closed");
+        assert_eq!(next, 1);
+    }
+
+    #[tokio::test]
+    async fn the_passer_rehomes_what_a_dead_worker_never_took() {
+        let (sup_end, worker_end) = connection_channel().unwrap();
+        drop(worker_end);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (rehome_tx, mut rehome_rx) = mpsc::unbounded_channel();
+        for _ in 0..3 {
+            tx.send(connection()).unwrap();
+        }
+        // SAFETY: the AsyncFd owns this fd and nothing else closes or replaces it.
+        let channel = unsafe { AsyncFd::register(sup_end).unwrap() };
+        pass_connections(channel, rx, 0, rehome_tx).await;
+        let mut rehomed = 0;
+        while rehome_rx.try_recv().is_ok() {
+            rehomed += 1;
+        }
+        assert_eq!(rehomed, 3);
+        assert!(tx.is_closed(), "the dead worker's queue takes nothing more");
+        assert!(tx.send(connection()).is_err());
     }
 }
