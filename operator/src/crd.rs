@@ -194,6 +194,7 @@ impl std::fmt::Display for Implementation {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || self.requestOverheadUs == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' per-request cost is real)").field_path(".requestOverheadUs"))]
+#[x_kube(validation = Rule::new("self.implementation != 'reference' || self.resumeOverheadUs == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' per-request cost is real)").field_path(".resumeOverheadUs"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || !('thread-pool' in self.modes) || self.gil").message("must be true when spec.workload.implementation is reference with thread-pool mode (the FastAPI reference runs CPython 3.11, which has a GIL)").field_path(".gil"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || !('thread-pool' in self.modes) || !has(self.balancing) || self.balancing == 'shared-socket'").message("must be shared-socket (or unset) when spec.workload.implementation is reference with thread-pool mode (uvicorn --workers only shares its listening socket)").field_path(".balancing"))]
 pub struct WorkloadSpec {
@@ -225,6 +226,11 @@ pub struct WorkloadSpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 1_000_000))]
     pub request_overhead_us: u32,
+    /// CPU spent on the loop each time a handler resumes after waiting (a timer, a pool job), in
+    /// microseconds: the framework's cost of that extra loop callback (asyncio's task step).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub resume_overhead_us: u32,
     /// How connections reach workers; unset means the mode's default (event-loop: round-robin,
     /// thread-pool: shared-socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import reference_servers as rs
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
+"""2: the overhead is two numbers per mode (request_us, resume_us); hello_slowdown_under_cpu is a
+ratio of means (1: one number, a ratio of p50s)."""
 TARGET_TOLERANCE = 0.25
 """Each shape metric of the emulation should be within +-25% of the real runtime's."""
 
@@ -39,6 +41,7 @@ PAIRS = (("express", "emulated-event-loop"), ("fastapi", "emulated-thread-pool")
 """Which emulation mode stands for which real runtime."""
 
 MODE_OF = {"emulated-event-loop": "event-loop", "emulated-thread-pool": "thread-pool"}
+MODES = tuple(MODE_OF.values())
 
 CPU_MS = 10
 """CPU work per request in the CPU scenarios."""
@@ -70,10 +73,11 @@ COST_SCENARIOS = (
     Scenario("io_cost", 1, "/io?ms=1", COST_CONCURRENCY, measure_cpu=True),
     Scenario("hello_cost", 1, "/hello", COST_CONCURRENCY, measure_cpu=True),
 )
-"""The per-request cost, measured on a route with a parameter and a timer (what experiments send:
-FastAPI validates the parameter, both schedule a timer) and, for reference, on /hello."""
-PROPOSAL_SCENARIO = "io_cost"
-"""The cost scenario the proposed LOOPSCALE_REQUEST_OVERHEAD_US is derived from."""
+"""The per-request cost on a route that answers at once (/hello: LOOPSCALE_REQUEST_OVERHEAD_US
+is derived from it) and on one that waits for a timer first (/io?ms=1: what it costs more gives
+LOOPSCALE_RESUME_OVERHEAD_US, the loop callback that resumes the handler)."""
+REQUEST_SCENARIO = "hello_cost"
+RESUME_SCENARIO = "io_cost"
 
 SCENARIOS = (
     *COST_SCENARIOS,
@@ -97,7 +101,7 @@ ratio's two sides, and the four implementations, alike."""
 
 SHAPE_METRICS = {
     "cpu_scaling_2p_over_1p": "throughput of /cpu with 2 processes / with 1",
-    "hello_slowdown_under_cpu": "p50 of /hello while /cpu runs (4 in flight) / p50 of /hello alone",
+    "hello_slowdown_under_cpu": "mean latency of /hello while /cpu runs (4 in flight) / mean of /hello alone",
     "io_throughput_rps": f"/io?ms={IO_MS} throughput at {IO_CONCURRENCY} in flight, 1 process (req/s)",
     "cpu_inline_over_cpu": "throughput of /cpu-inline / of /cpu, 1 process",
 }
@@ -113,6 +117,7 @@ class Measurement:
     throughput_rps: float
     p50_ms: float
     p99_ms: float
+    mean_ms: float
     ok: int
     errors: int
     window_secs: float
@@ -155,6 +160,7 @@ def median_measurement(runs: list[Measurement]) -> Measurement:
         throughput_rps=med([r.throughput_rps for r in runs]),
         p50_ms=med([r.p50_ms for r in runs]),
         p99_ms=med([r.p99_ms for r in runs]),
+        mean_ms=med([r.mean_ms for r in runs]),
         ok=int(med([r.ok for r in runs])),
         errors=int(med([r.errors for r in runs])),
         window_secs=med([r.window_secs for r in runs]),
@@ -190,26 +196,51 @@ def shape_metrics(by_scenario: dict[str, Measurement]) -> dict[str, float | None
         m = get(name)
         return m.throughput_rps if m else None
 
-    def p50(name: str) -> float | None:
+    def mean(name: str) -> float | None:
         m = get(name)
-        return m.p50_ms if m else None
+        return m.mean_ms if m else None
 
     return {
         "cpu_scaling_2p_over_1p": safe_ratio(throughput("cpu_p2"), throughput("cpu_p1")),
-        "hello_slowdown_under_cpu": safe_ratio(p50("hello_under_cpu"), p50("hello_alone")),
+        "hello_slowdown_under_cpu": safe_ratio(mean("hello_under_cpu"), mean("hello_alone")),
         "io_throughput_rps": throughput("io_high_concurrency"),
         "cpu_inline_over_cpu": safe_ratio(throughput("cpu_inline_p1"), throughput("cpu_p1")),
     }
 
 
 def propose_overhead_us(real_cpu_us: float | None, emulated_cpu_us_at_zero: float | None) -> int | None:
-    """The LOOPSCALE_REQUEST_OVERHEAD_US that makes the emulation's event loop spend as much CPU
-    per request as the real runtime's: the real loop cost minus what the emulation's loop already
-    spends with no overhead (its own HTTP handling). Never negative: the emulation cannot be made
-    cheaper."""
+    """The overhead that makes the emulation's event loop spend as much CPU as the real runtime's:
+    the real loop cost minus what the emulation's loop already spends with no overhead (its own
+    HTTP handling). Never negative: the emulation cannot be made cheaper."""
     if real_cpu_us is None or emulated_cpu_us_at_zero is None:
         return None
     return max(0, round(real_cpu_us - emulated_cpu_us_at_zero))
+
+
+def propose_overheads(real: dict[str, dict], emulated_at_zero: dict[str, dict]) -> dict[str, int | None]:
+    """Both overheads of one mode from the cost scenarios' loop CPU per request ({scenario:
+    {loop_cpu_us_per_request}}) of the real runtime and of the emulation with no overhead:
+    request_us matches /hello, resume_us matches what /io costs more than /hello (its timer's
+    loop callback). None where a cost is missing."""
+
+    def loop_cost(costs: dict[str, dict], scenario: str) -> float | None:
+        return costs.get(scenario, {}).get("loop_cpu_us_per_request")
+
+    real_hello, real_io = loop_cost(real, REQUEST_SCENARIO), loop_cost(real, RESUME_SCENARIO)
+    emu_hello, emu_io = loop_cost(emulated_at_zero, REQUEST_SCENARIO), loop_cost(emulated_at_zero, RESUME_SCENARIO)
+    resume = None
+    if None not in (real_hello, real_io, emu_hello, emu_io):
+        resume = propose_overhead_us(real_io - real_hello, emu_io - emu_hello)
+    return {"request_us": propose_overhead_us(real_hello, emu_hello), "resume_us": resume}
+
+
+def overhead_env(overhead: dict[str, int | None] | None) -> dict[str, str]:
+    """The emulation's environment for one mode's overheads (missing ones are 0)."""
+    overhead = overhead or {}
+    return {
+        "LOOPSCALE_REQUEST_OVERHEAD_US": str(overhead.get("request_us") or 0),
+        "LOOPSCALE_RESUME_OVERHEAD_US": str(overhead.get("resume_us") or 0),
+    }
 
 
 @dataclass
@@ -247,7 +278,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def render_table(comparisons: list[Comparison], costs: dict[str, dict], proposal: dict[str, int | None]) -> str:
+def render_table(comparisons: list[Comparison], costs: dict[str, dict], overheads: dict[str, dict]) -> str:
     """The side-by-side table the script prints and README.md shows (Markdown). `costs` is
     {implementation: {cost scenario name: cost_of(...)}}."""
     lines = [
@@ -283,10 +314,14 @@ def render_table(comparisons: list[Comparison], costs: dict[str, dict], proposal
             cost_row(f"{path} req/s, 1 process, {scenario.concurrency} in flight", scenario.name, "throughput_rps")
         )
     lines.append("")
-    lines.append(
-        "Proposed LOOPSCALE_REQUEST_OVERHEAD_US: "
-        + ", ".join(f"{mode} = {_fmt(value, 0) if value is not None else '-'}" for mode, value in proposal.items())
-    )
+    for env, key in (("LOOPSCALE_REQUEST_OVERHEAD_US", "request_us"), ("LOOPSCALE_RESUME_OVERHEAD_US", "resume_us")):
+        lines.append(
+            f"{env}: "
+            + ", ".join(
+                f"{mode} = {_fmt(value.get(key), 0) if value.get(key) is not None else '-'}"
+                for mode, value in overheads.items()
+            )
+        )
     return "\n".join(lines)
 
 
@@ -459,6 +494,7 @@ def run_scenario(settings: Settings, server: rs.Server, scenario: Scenario, rep:
         throughput_rps=float(summary["throughput_rps"]),
         p50_ms=float(summary["latency_ms"]["p50"]),
         p99_ms=float(summary["latency_ms"]["p99"]),
+        mean_ms=float(summary["latency_ms"]["mean"]),
         ok=int(summary["ok"]),
         errors=_error_total(summary),
         window_secs=float(report["window_secs"]),
@@ -481,10 +517,9 @@ class ServerPool:
         self.settings = settings
         self.servers: dict[tuple[str, int], rs.Server] = {}
 
-    def start(self, impl: str, processes: int, overhead_us: dict[str, int] | None = None) -> rs.Server:
-        extra = {}
-        if impl in MODE_OF:
-            extra["LOOPSCALE_REQUEST_OVERHEAD_US"] = str((overhead_us or {}).get(MODE_OF[impl], 0))
+    def start(self, impl: str, processes: int, overheads: dict[str, dict] | None = None) -> rs.Server:
+        """`overheads`: {mode: {request_us, resume_us}} for the emulation (none: 0)."""
+        extra = overhead_env((overheads or {}).get(MODE_OF[impl])) if impl in MODE_OF else {}
         server = rs.start(
             impl, processes, self.settings.work_dir, self.settings.load_bin, extra, autogroup_nice=self.settings.nice
         )
@@ -563,27 +598,30 @@ def gil_sweep(settings: Settings, pool: ServerPool) -> dict[str, dict[str, dict]
             m = median_measurement(runs)
             out.setdefault(impl, {})[str(background)] = {
                 "p50_ms": m.p50_ms,
+                "mean_ms": m.mean_ms,
                 "p99_ms": m.p99_ms,
                 "hello_rps": m.throughput_rps,
                 "cpu_rps": m.background_throughput_rps,
             }
             log(
                 settings,
-                f"  {impl:<22} /hello with {background} x /cpu: p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms,"
+                f"  {impl:<22} /hello with {background} x /cpu: p50 {m.p50_ms:.2f} ms, mean {m.mean_ms:.2f} ms,"
+                f" p99 {m.p99_ms:.2f} ms,"
                 f" /hello {m.throughput_rps:.1f} req/s, /cpu {m.background_throughput_rps or 0:.1f} req/s",
             )
     return out
 
 
 def render_gil_sweep(sweep: dict[str, dict[str, dict]]) -> str:
-    """The --gil-sweep table (Markdown): p50 / p99 of /hello in ms per number of /cpu requests."""
+    """The --gil-sweep table (Markdown): p50 / mean / p99 of /hello in ms per number of /cpu
+    requests (sweeps written before the mean was recorded show "-" for it)."""
     header = "| concurrent `/cpu?ms=10` | " + " | ".join(str(b) for b in GIL_SWEEP_BACKGROUND) + " |"
     lines = [header, "|---|" + "---|" * len(GIL_SWEEP_BACKGROUND)]
     for impl, label in (("fastapi", "real FastAPI"), ("emulated-thread-pool", "emulated thread-pool")):
         cells = []
         for b in GIL_SWEEP_BACKGROUND:
             v = sweep.get(impl, {}).get(str(b))
-            cells.append(f"{_fmt(v['p50_ms'])} / {_fmt(v['p99_ms'])}" if v else "-")
+            cells.append(f"{_fmt(v['p50_ms'])} / {_fmt(v.get('mean_ms'))} / {_fmt(v['p99_ms'])}" if v else "-")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -632,7 +670,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="calibrate",
         description="Compare loopscale's emulation with real Express and FastAPI and propose "
-        "LOOPSCALE_REQUEST_OVERHEAD_US for each mode.",
+        "LOOPSCALE_REQUEST_OVERHEAD_US and LOOPSCALE_RESUME_OVERHEAD_US for each mode.",
     )
     parser.add_argument("--quick", action="store_true", help="short runs, 1 repetition (CI): about 3 minutes")
     parser.add_argument("--duration", type=float, help="measured seconds per run (default 4, quick 2)")
@@ -648,13 +686,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--gil-sweep-only",
         action="store_true",
         help="run only the GIL sweep (real FastAPI and the emulated thread-pool mode, 1 process each, "
-        f"no cost or shape scenarios): about 2 minutes; the emulation's overhead is "
-        f"--overhead-thread-pool-us, else {DEFAULT_SWEEP_OVERHEAD_US} us",
+        "no cost or shape scenarios): about 2 minutes; the emulation's overheads are "
+        "--overhead-thread-pool-us and --resume-thread-pool-us, else those calibration-latest.json used",
     )
     parser.add_argument("--json", default="calibration.json", help="where to write the results (default calibration.json)")
     parser.add_argument("--workload-bin", help="the loopscale-workload binary (default: $LOOPSCALE_WORKLOAD_BIN, else target/release, built if missing)")
-    parser.add_argument("--overhead-event-loop-us", type=int, help="use this overhead for event-loop mode instead of proposing one")
-    parser.add_argument("--overhead-thread-pool-us", type=int, help="use this overhead for thread-pool mode instead of proposing one")
+    for mode in MODES:
+        parser.add_argument(
+            f"--overhead-{mode}-us", type=int, help=f"use this LOOPSCALE_REQUEST_OVERHEAD_US for {mode} mode instead of proposing one"
+        )
+        parser.add_argument(
+            f"--resume-{mode}-us", type=int, help=f"use this LOOPSCALE_RESUME_OVERHEAD_US for {mode} mode instead of proposing one"
+        )
     parser.add_argument(
         "--nice",
         type=int,
@@ -671,7 +714,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.prime = args.prime if args.prime is not None else (2.0 if args.quick else 5.0)
     if args.duration <= 0 or args.warmup < 0 or args.repetitions < 1 or args.prime <= 0:
         parser.error("--duration and --prime must be > 0, --warmup >= 0 and --repetitions >= 1")
-    for name in ("overhead_event_loop_us", "overhead_thread_pool_us"):
+    for name in [f"{kind}_{mode.replace('-', '_')}_us" for mode in MODES for kind in ("overhead", "resume")]:
         value = getattr(args, name)
         if value is not None and value < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
@@ -683,9 +726,9 @@ def run_gil_sweep_only(args: argparse.Namespace, settings: Settings) -> int:
     in the same invocation so that the comparison sees the same machine load."""
     started = time.time()
     load_before = os.getloadavg()
-    overhead = {"event-loop": 0, "thread-pool": sweep_overhead_us(args.overhead_thread_pool_us)}
+    overhead = {"thread-pool": sweep_overheads(args.overhead_thread_pool_us, args.resume_thread_pool_us)}
     with ServerPool(settings) as pool:
-        log(settings, f"GIL sweep only: thread-pool overhead {overhead['thread-pool']} us")
+        log(settings, f"GIL sweep only: thread-pool overheads {overhead['thread-pool']}")
         pool.start("fastapi", 1)
         pool.start("emulated-thread-pool", 1, overhead)
         sweep = gil_sweep(settings, pool)
@@ -728,18 +771,27 @@ def run_record(settings: Settings, started: float, load_before: tuple, run_setti
 
 
 def print_gil_sweep(sweep: dict) -> None:
-    print("p50 / p99 of /hello (ms) while N /cpu?ms=10 requests run, 1 process:\n")
+    print("p50 / mean / p99 of /hello (ms) while N /cpu?ms=10 requests run, 1 process:\n")
     print(render_gil_sweep(sweep))
 
 
-DEFAULT_SWEEP_OVERHEAD_US = 380
-"""The thread-pool overhead --gil-sweep-only uses unless told: the one the latest full calibration
-(calibration-latest.json) proposed and used."""
+LATEST = Path(__file__).resolve().parent / "calibration-latest.json"
+"""The calibration the READMEs show; --gil-sweep-only reuses the overheads it used."""
 
 
-def sweep_overhead_us(given: int | None) -> int:
-    """The emulation's thread-pool overhead for --gil-sweep-only."""
-    return DEFAULT_SWEEP_OVERHEAD_US if given is None else given
+def sweep_overheads(request_us: int | None, resume_us: int | None, latest: Path = LATEST) -> dict[str, int]:
+    """The emulation's thread-pool overheads for --gil-sweep-only: the given ones, else those the
+    latest full calibration used (0 if it cannot be read)."""
+    try:
+        used = json.loads(latest.read_text())["used_overhead_us"]["thread-pool"]
+    except (OSError, ValueError, KeyError, TypeError):
+        used = {}
+    if not isinstance(used, dict):
+        used = {}
+    return {
+        "request_us": request_us if request_us is not None else int(used.get("request_us") or 0),
+        "resume_us": resume_us if resume_us is not None else int(used.get("resume_us") or 0),
+    }
 
 
 def check_installed() -> None:
@@ -786,7 +838,13 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
     started = time.time()
     load_before = os.getloadavg()
     emulations = list(MODE_OF)
-    given = {"event-loop": args.overhead_event_loop_us, "thread-pool": args.overhead_thread_pool_us}
+    given = {
+        mode: {
+            "request_us": getattr(args, f"overhead_{mode.replace('-', '_')}_us"),
+            "resume_us": getattr(args, f"resume_{mode.replace('-', '_')}_us"),
+        }
+        for mode in MODES
+    }
 
     reals = [real for real, _ in PAIRS]
     with ServerPool(settings) as pool:
@@ -796,22 +854,19 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
                 pool.start(impl, processes)
 
         # 1. The cost of one request: the real runtimes, and the emulation with no overhead.
-        log(settings, "step 1: CPU cost per request (emulation with LOOPSCALE_REQUEST_OVERHEAD_US=0)")
+        log(settings, "step 1: CPU cost per request (emulation with no overheads)")
         for emulated in emulations:
-            pool.start(emulated, 1, {m: 0 for m in given})
+            pool.start(emulated, 1)
         baseline = summarise(measure(settings, pool, list(rs.IMPLEMENTATIONS), COST_SCENARIOS))
         for emulated in emulations:
             pool.stop(emulated, 1)
         baseline_costs = costs_of(baseline)
-        proposal: dict[str, int | None] = {}
-        for real, emulated in PAIRS:
-            mode = MODE_OF[emulated]
-            proposal[mode] = propose_overhead_us(
-                baseline_costs[real][PROPOSAL_SCENARIO]["loop_cpu_us_per_request"],
-                baseline_costs[emulated][PROPOSAL_SCENARIO]["loop_cpu_us_per_request"],
-            )
-        used = {mode: given[mode] if given[mode] is not None else (proposal[mode] or 0) for mode in given}
-        log(settings, f"proposed overhead (us): {proposal}; using {used}")
+        proposal = {MODE_OF[emulated]: propose_overheads(baseline_costs[real], baseline_costs[emulated]) for real, emulated in PAIRS}
+        used = {
+            mode: {key: given[mode][key] if given[mode][key] is not None else (proposal[mode][key] or 0) for key in proposal[mode]}
+            for mode in MODES
+        }
+        log(settings, f"proposed overheads (us): {proposal}; using {used}")
 
         # 2. Every scenario on the real runtimes and on the emulation with that overhead.
         log(settings, "step 2: shape scenarios (emulation with the overhead)")
@@ -842,7 +897,7 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
             },
         ),
         "shape_metric_definitions": SHAPE_METRICS,
-        "proposal_scenario": PROPOSAL_SCENARIO,
+        "proposal_scenarios": {"request_us": REQUEST_SCENARIO, "resume_us": RESUME_SCENARIO},
         "baseline_costs": baseline_costs,
         "proposed_overhead_us": proposal,
         "used_overhead_us": used,

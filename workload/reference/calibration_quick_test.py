@@ -58,8 +58,10 @@ def main(argv: list[str]) -> int:
                     f"got {value!r}",
                 )
         for mode in ("event-loop", "thread-pool"):
-            value = result.get("proposed_overhead_us", {}).get(mode)
-            check(f"proposes an overhead for {mode}", isinstance(value, int) and value >= 0, f"got {value!r}")
+            proposed = result.get("proposed_overhead_us", {}).get(mode, {})
+            for key in ("request_us", "resume_us"):
+                value = proposed.get(key)
+                check(f"proposes {key} for {mode}", isinstance(value, int) and value >= 0, f"got {value!r}")
         costs = result.get("baseline_costs", {})
         for impl in rs.IMPLEMENTATIONS:
             for scenario in cal.COST_SCENARIOS:

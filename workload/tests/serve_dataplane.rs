@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use loopscale_workload::report::Report;
 use support::load::{assert_all_ok, Load};
+use support::metrics::Samples;
 use support::serial;
 use support::serve::Server;
 
@@ -220,4 +221,47 @@ fn request_overhead_is_cpu_on_the_loop_for_every_request() {
     // 5 ms of loop CPU per request: at most 200 per second from one process (and not charged
     // twice, which would cap it at 100).
     assert!((130.0..=210.0).contains(&rps), "{rps:.1} req/s");
+}
+
+#[test]
+fn resume_overhead_is_charged_each_time_a_handler_resumes_and_only_then() {
+    let _serial = serial();
+    let server = Server::start(&[
+        ("LOOPSCALE_MODE", "event-loop"),
+        ("LOOPSCALE_RESUME_OVERHEAD_US", "5000"),
+    ]);
+    let io = eight_loops(&server, "/io?ms=1").run();
+    let hello = eight_loops(&server, "/hello").run();
+    let (io_rps, hello_rps) = (io.summary.throughput_rps, hello.summary.throughput_rps);
+    println!("5 ms resume overhead: /io?ms=1 {io_rps:.1} req/s, /hello {hello_rps:.1} req/s");
+    assert_all_ok(&io);
+    assert_all_ok(&hello);
+    // /io resumes once after its timer: 5 ms of loop CPU each, at most 200 per second.
+    assert!((130.0..=210.0).contains(&io_rps), "/io {io_rps:.1} req/s");
+    // /hello never waits, so it never pays it.
+    assert!(hello_rps >= 2000.0, "/hello {hello_rps:.1} req/s");
+}
+
+#[test]
+fn a_thread_pool_request_takes_the_gil_in_two_loop_callbacks() {
+    let _serial = serial();
+    let server = Server::start(&[
+        ("LOOPSCALE_MODE", "thread-pool"),
+        ("LOOPSCALE_REQUEST_OVERHEAD_US", "200"),
+    ]);
+    let before = server.scrape();
+    let r = Load::closed(&server.url(), "/hello", 1)
+        .duration(ms(1000))
+        .run();
+    assert_all_ok(&r);
+    let after = server.scrape();
+    let takes = |s: &Samples| s.sum("loopscale_gil_wait_seconds_count", &[("thread", "loop")]);
+    let per_request = (takes(&after) - takes(&before)) / r.summary.requests as f64;
+    println!(
+        "{} requests, loop GIL acquisitions per request {per_request:.2}",
+        r.summary.requests
+    );
+    // uvloop's read callback (parsing) and the task step (the route, the answer) are two GIL
+    // sections; one poll per request would give about 1.
+    assert!((1.8..=3.0).contains(&per_request), "{per_request:.2}");
 }

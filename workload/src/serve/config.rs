@@ -81,6 +81,9 @@ pub struct Config {
     pub libuv_threadpool_size: usize,
     /// `LOOPSCALE_REQUEST_OVERHEAD_US`: the framework's own CPU per request, on the loop.
     pub request_overhead: Duration,
+    /// `LOOPSCALE_RESUME_OVERHEAD_US`: the framework's CPU on the loop each time a handler resumes
+    /// after waiting (a timer, a pool job): one more loop callback, as asyncio's task step is.
+    pub resume_overhead: Duration,
     /// `LOOPSCALE_HOST`: listen address.
     pub host: IpAddr,
     /// `PORT`: one port for routes, probes and metrics (0 = pick a free one).
@@ -224,6 +227,14 @@ impl Config {
                 0,
                 MAX_REQUEST_OVERHEAD_US,
             )?),
+            resume_overhead: Duration::from_micros(integer_in_range(
+                &get,
+                "LOOPSCALE_RESUME_OVERHEAD_US",
+                0,
+                "an integer number of microseconds from 0 to 1000000",
+                0,
+                MAX_REQUEST_OVERHEAD_US,
+            )?),
             host,
             port: integer_in_range(
                 &get,
@@ -322,6 +333,7 @@ mod tests {
         assert_eq!(c.gil_switch_interval, Duration::from_millis(5));
         assert_eq!(c.libuv_threadpool_size, 4);
         assert_eq!(c.request_overhead, Duration::ZERO);
+        assert_eq!(c.resume_overhead, Duration::ZERO);
         assert_eq!(c.port, 8080);
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         let c = parse(&[("LOOPSCALE_MODE", "thread-pool")]).unwrap();
@@ -339,6 +351,7 @@ mod tests {
             ("LOOPSCALE_GIL_SWITCH_INTERVAL_MS", "0.5"),
             ("LOOPSCALE_LIBUV_THREADPOOL_SIZE", "8"),
             ("LOOPSCALE_REQUEST_OVERHEAD_US", "150"),
+            ("LOOPSCALE_RESUME_OVERHEAD_US", "90"),
             ("LOOPSCALE_HOST", "127.0.0.1"),
             ("PORT", "0"),
             ("LOOPSCALE_SHUTDOWN_GRACE_SECS", "5"),
@@ -351,6 +364,7 @@ mod tests {
         assert_eq!(c.gil_switch_interval, Duration::from_micros(500));
         assert_eq!(c.libuv_threadpool_size, 8);
         assert_eq!(c.request_overhead, Duration::from_micros(150));
+        assert_eq!(c.resume_overhead, Duration::from_micros(90));
         assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(c.port, 0);
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
@@ -371,6 +385,7 @@ mod tests {
             ("LOOPSCALE_GIL_SWITCH_INTERVAL_MS", "inf"),
             ("LOOPSCALE_LIBUV_THREADPOOL_SIZE", "1025"),
             ("LOOPSCALE_REQUEST_OVERHEAD_US", "1.5"),
+            ("LOOPSCALE_RESUME_OVERHEAD_US", "1000001"),
             ("LOOPSCALE_HOST", "localhost"),
             ("PORT", "65536"),
             ("LOOPSCALE_SHUTDOWN_GRACE_SECS", "3601"),

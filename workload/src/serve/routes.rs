@@ -158,9 +158,13 @@ async fn hello() -> &'static str {
     "Hello, World!\n"
 }
 
-async fn io(q: Result<Query<RawParams>, QueryRejection>) -> Result<String, ParamError> {
+async fn io(
+    State(s): Shared,
+    q: Result<Query<RawParams>, QueryRejection>,
+) -> Result<String, ParamError> {
     let ms = parse_millis("ms", params(q)?.ms.as_deref())?;
     tokio::time::sleep(ms).await;
+    resumed(&s);
     Ok(format!("io {} ms\n", ms.as_secs_f64() * 1000.0))
 }
 
@@ -170,7 +174,8 @@ async fn cpu_work(s: &AppState, work: Duration) {
         Mode::EventLoop => burn_cpu(work),
         Mode::ThreadPool => {
             let gil = s.gil.clone();
-            s.pool.run(move || gil.run_cpu(GilThread::Pool, work)).await
+            s.pool.run(move || gil.run_cpu(GilThread::Pool, work)).await;
+            resumed(s);
         }
     }
 }
@@ -208,6 +213,7 @@ async fn mixed(
         return Err(ParamError::TotalTooLarge(total));
     }
     tokio::time::sleep(io_ms).await;
+    resumed(&s);
     cpu_work(&s, cpu_ms).await;
     Ok(format!(
         "mixed io {} ms cpu {} ms\n",
@@ -222,6 +228,7 @@ async fn offload(
 ) -> Result<String, ParamError> {
     let ms = parse_millis("ms", params(q)?.ms.as_deref())?;
     s.pool.run(move || burn_cpu(ms)).await;
+    resumed(&s);
     Ok(format!("offload {} ms\n", ms.as_secs_f64() * 1000.0))
 }
 
@@ -259,16 +266,47 @@ async fn not_found(req: Request) -> Response {
         .into_response()
 }
 
-/// The per-request framework cost on the loop. In thread-pool mode it runs inside the GIL hold of
-/// the connection's poll (the worker polls each connection as one uvloop callback), honouring
-/// drop requests as CPython's eval loop does.
-async fn request_overhead(State(s): Shared, req: Request, next: Next) -> Response {
+/// The framework's CPU on the loop: under the GIL in thread-pool mode (inside the hold of the
+/// connection's poll, honouring drop requests as CPython's eval loop does), plain CPU otherwise.
+fn loop_work(s: &AppState, work: Duration) {
     match s.config.mode {
-        Mode::ThreadPool => s.gil.run_cpu(GilThread::Loop, s.config.request_overhead),
-        Mode::EventLoop if !s.config.request_overhead.is_zero() => {
-            burn_cpu(s.config.request_overhead)
-        }
+        Mode::ThreadPool => s.gil.run_cpu(GilThread::Loop, work),
+        Mode::EventLoop if !work.is_zero() => burn_cpu(work),
         Mode::EventLoop => {}
+    }
+}
+
+/// A handler resumes after a wait (its timer fired, its pool job finished): the framework's
+/// cost of that extra loop callback (asyncio's task step, a Node timer callback).
+fn resumed(s: &AppState) {
+    loop_work(s, s.config.resume_overhead);
+}
+
+/// The share of the per-request overhead uvicorn spends in the read callback (httptools parsing
+/// the bytes, `data_received` creating the request's task) rather than in the task's first step
+/// (the app, the answer written). Measured on the reference server: 10-14% of the loop thread's
+/// CPU per request for `/hello` and `/io?ms=1` at 1 and 4 in flight (`data_received` wrapped with
+/// `time.thread_time_ns`, loop thread from `/proc/.../schedstat`; `workload/reference/README.md`).
+pub const READ_CALLBACK_SHARE: f64 = 0.12;
+
+/// The per-request framework cost on the loop.
+///
+/// Thread-pool mode runs it as uvloop does, in two loop callbacks, each its own GIL section: the
+/// read callback ([`READ_CALLBACK_SHARE`], inside the poll that parsed the request), then, after
+/// a yield that ends the poll and so drops the GIL, the task step that runs the route and writes
+/// the answer. Under a GIL convoy each callback may wait a switch interval, which is why the
+/// number of callbacks matters more than their length. Node parses and calls the handler from one
+/// socket callback, so event-loop mode spends it in one piece.
+async fn request_overhead(State(s): Shared, req: Request, next: Next) -> Response {
+    let overhead = s.config.request_overhead;
+    match s.config.mode {
+        Mode::ThreadPool => {
+            let read = overhead.mul_f64(READ_CALLBACK_SHARE);
+            loop_work(&s, read);
+            tokio::task::yield_now().await;
+            loop_work(&s, overhead.saturating_sub(read));
+        }
+        Mode::EventLoop => loop_work(&s, overhead),
     }
     next.run(req).await
 }
