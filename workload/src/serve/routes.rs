@@ -286,7 +286,8 @@ fn resumed(s: &AppState) {
 /// the bytes, `data_received` creating the request's task) rather than in the task's first step
 /// (the app, the answer written). Measured on the reference server: 10-14% of the loop thread's
 /// CPU per request for `/hello` and `/io?ms=1` at 1 and 4 in flight (`data_received` wrapped with
-/// `time.thread_time_ns`, loop thread from `/proc/.../schedstat`; `workload/reference/README.md`).
+/// `time.thread_time_ns`, loop thread from `/proc/.../schedstat`:
+/// `workload/reference/experiments/read_callback_share.py`).
 pub const READ_CALLBACK_SHARE: f64 = 0.12;
 
 /// The per-request framework cost on the loop.
