@@ -98,8 +98,8 @@ pub const MAX_PROCESSES: usize = 256;
 pub const MAX_THREADPOOL_SIZE: usize = 10_000;
 /// libuv itself caps `UV_THREADPOOL_SIZE` at 1024.
 pub const MAX_LIBUV_THREADPOOL_SIZE: usize = 1024;
-/// One second of framework overhead per request is already absurd.
-pub const MAX_REQUEST_OVERHEAD_US: u64 = 1_000_000;
+/// One second of framework overhead per request (or per resume) is already absurd.
+pub const MAX_OVERHEAD_US: u64 = 1_000_000;
 /// CPython accepts any positive switch interval; more than a second models nothing real.
 pub const MAX_GIL_SWITCH_INTERVAL_MS: f64 = 1000.0;
 /// Kubernetes' own default grace is 30 s; an hour is the sanity bound.
@@ -225,7 +225,7 @@ impl Config {
                 0,
                 "an integer number of microseconds from 0 to 1000000",
                 0,
-                MAX_REQUEST_OVERHEAD_US,
+                MAX_OVERHEAD_US,
             )?),
             resume_overhead: Duration::from_micros(integer_in_range(
                 &get,
@@ -233,7 +233,7 @@ impl Config {
                 0,
                 "an integer number of microseconds from 0 to 1000000",
                 0,
-                MAX_REQUEST_OVERHEAD_US,
+                MAX_OVERHEAD_US,
             )?),
             host,
             port: integer_in_range(

@@ -282,6 +282,7 @@ where
     // What `axum::serve(..).with_graceful_shutdown(..)` does, with one difference: each
     // connection's task is polled as a loop callback (see `LoopCallback`).
     let connections = GracefulShutdown::new();
+    let http = http1::Builder::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (io, _peer) = tokio::select! {
@@ -289,7 +290,7 @@ where
             () = &mut shutdown => break,
         };
         let service = TowerToHyperService::new(app.clone());
-        let connection = http1::Builder::new().serve_connection(TokioIo::new(io), service);
+        let connection = http.serve_connection(TokioIo::new(io), service);
         let connection = connections.watch(connection);
         tokio::spawn(LoopCallback::new(gil.clone(), connection));
     }
