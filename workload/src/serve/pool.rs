@@ -55,8 +55,11 @@ impl BoundedPool {
         };
         let busy = self.busy.clone();
         let handle = tokio::task::spawn_blocking(move || {
-            let _busy = GaugeGuard::enter(&busy);
+            let busy = GaugeGuard::enter(&busy);
             let out = job();
+            // Leave the busy gauge before giving the slot back: the other order lets the next
+            // job enter the gauge first, and a scrape in between reads capacity + 1.
+            drop(busy);
             drop(permit);
             out
         });
@@ -72,6 +75,40 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
+
+    /// The busy gauge must never read above the capacity, even for an instant: a job that has
+    /// given back its slot but not yet left the gauge would let the next job count twice.
+    /// Many jobs of no work on one slot make the hand-over happen thousands of times.
+    #[test]
+    fn the_busy_gauge_never_reads_above_the_capacity_across_hand_overs() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let busy = IntGauge::new("busy", "busy").unwrap();
+            let queued = IntGauge::new("queued", "queued").unwrap();
+            let pool = BoundedPool::new(1, busy.clone(), queued.clone());
+            let max_seen = Arc::new(AtomicUsize::new(0));
+            let jobs: Vec<_> = (0..20_000)
+                .map(|_| {
+                    let (pool, busy, max_seen) = (pool.clone(), busy.clone(), max_seen.clone());
+                    tokio::spawn(async move {
+                        pool.run(move || {
+                            max_seen.fetch_max(busy.get() as usize, Ordering::SeqCst);
+                        })
+                        .await
+                    })
+                })
+                .collect();
+            for j in jobs {
+                j.await.unwrap();
+            }
+            assert_eq!(max_seen.load(Ordering::SeqCst), 1, "busy read above 1");
+            assert_eq!(busy.get(), 0);
+        });
+    }
 
     #[test]
     fn runs_at_most_capacity_jobs_at_once_and_reports_the_queue() {
