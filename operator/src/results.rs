@@ -242,6 +242,7 @@ mod tests {
             rate: Some(100.0),
             concurrency: 10,
             connections: 10,
+            keep_alive: true,
             targets: vec!["http://127.0.0.1:1".into()],
             path: "/cpu?ms=1".into(),
             warmup_secs: 0.0,

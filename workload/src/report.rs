@@ -83,7 +83,8 @@ impl std::fmt::Display for LoadModel {
 /// Echo of the settings a run used, so a report says what it measured.
 ///
 /// In a merged report: `rate`, `concurrency` and `connections` are sums over the generators,
-/// `targets` is the union (in order of first appearance), durations are the longest.
+/// `targets` is the union (in order of first appearance), durations are the longest, and
+/// `keep_alive` holds only if every generator reused its connections.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GeneratorInfo {
     pub model: LoadModel,
@@ -91,14 +92,22 @@ pub struct GeneratorInfo {
     pub rate: Option<f64>,
     /// Closed model: loops; open model: the most requests in flight before new ones are dropped.
     pub concurrency: u64,
-    /// Keep-alive connections in the pool.
+    /// Connections in the pool (each carrying one request at a time).
     pub connections: u64,
+    /// Whether connections carry more than one request (`--disable-keepalive` makes it false).
+    /// Reports written before the flag existed lack it and were keep-alive.
+    #[serde(default = "keep_alive_default")]
+    pub keep_alive: bool,
     /// Base URLs; each new connection picks one at random.
     pub targets: Vec<String>,
     /// Route and query sent to every target, e.g. `/io?ms=20`.
     pub path: String,
     pub warmup_secs: f64,
     pub duration_secs: f64,
+}
+
+fn keep_alive_default() -> bool {
+    true
 }
 
 /// Requests that failed, by class. A request counts in exactly one class.
@@ -348,8 +357,16 @@ impl Report {
             .map_or(String::new(), |r| format!(", rate {r} req/s"));
         let _ = writeln!(
             out,
-            "model        {}{rate}, concurrency {}, connections {}, generators {}",
-            g.model, g.concurrency, g.connections, self.generators
+            "model        {}{rate}, concurrency {}, connections {}{}, generators {}",
+            g.model,
+            g.concurrency,
+            g.connections,
+            if g.keep_alive {
+                ""
+            } else {
+                " (a new one per request)"
+            },
+            self.generators
         );
         let _ = writeln!(out, "targets      {} {}", g.targets.join(", "), g.path);
         let _ = writeln!(out, "window       {:.3} s", self.window_secs);
@@ -455,6 +472,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, ReportError> {
         }
         generator.concurrency += g.concurrency;
         generator.connections += g.connections;
+        generator.keep_alive &= g.keep_alive;
         for target in &g.targets {
             if !generator.targets.contains(target) {
                 generator.targets.push(target.clone());
@@ -494,6 +512,7 @@ mod tests {
             rate: Some(rate),
             concurrency: 100,
             connections: 10,
+            keep_alive: true,
             targets: vec![target.to_string()],
             path: "/io?ms=20".to_string(),
             warmup_secs: 1.0,

@@ -61,6 +61,61 @@ fn two_targets_share_fifty_connections() {
     );
 }
 
+/// `--disable-keepalive`: every request comes on a connection of its own, closed cleanly (no
+/// errors), and the report says so. The same run with keep-alive uses its 4 connections.
+#[test]
+fn disable_keepalive_opens_a_connection_per_request() {
+    let _serial = serial();
+    let run = |extra: &[&str], name: &str| {
+        let server = start(Behavior::Fast);
+        let path = temp_report(name);
+        let url = server.url();
+        let mut args = vec![
+            "load",
+            "--target",
+            &url,
+            "--model",
+            "closed",
+            "--concurrency",
+            "4",
+            "--warmup",
+            "0s",
+            "--duration",
+            "1s",
+            "--report",
+            path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let output = run_generator(&args, Duration::from_secs(30));
+        assert!(output.status.success(), "{output:?}");
+        (read_report(&path), server)
+    };
+    let (report, server) = run(&["--disable-keepalive"], "no-keepalive.json");
+    let s = &report.summary;
+    assert_eq!(
+        s.errors.total(),
+        0,
+        "a closed connection is not an error: {s:?}"
+    );
+    assert!(s.ok >= 100, "enough requests to judge: {s:?}");
+    let (requests, connections) = (server.request_count(), server.connection_count());
+    // A connection opened as the run stopped may carry no request: at most one per loop.
+    assert!(
+        (requests..=requests + 4).contains(&connections),
+        "{requests} requests on {connections} connections"
+    );
+    assert!(!report.generator.keep_alive);
+
+    let (report, server) = run(&[], "keepalive.json");
+    assert!(report.generator.keep_alive);
+    assert!(report.summary.ok >= 100);
+    assert_eq!(
+        server.connection_count(),
+        4,
+        "4 loops, 4 kept-alive connections"
+    );
+}
+
 /// Nothing listening: every attempt is a connect error, the run completes with exit 0 and the
 /// report is written.
 #[test]

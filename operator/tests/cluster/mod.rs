@@ -354,6 +354,7 @@ pub fn forged_report(target: &str) -> Report {
         rate: None,
         concurrency: 4,
         connections: 4,
+        keep_alive: true,
         targets: vec![target.to_string()],
         path: "/cpu?ms=10".into(),
         warmup_secs: 1.0,

@@ -43,6 +43,12 @@ pub struct LoadArgs {
           value_parser = clap::value_parser!(u64).range(1..=100_000), value_name = "N")]
     pub connections: Option<u64>,
 
+    /// Send every request on a new connection, with `Connection: close` (hey's
+    /// `-disable-keepalive`, k6's `noConnectionReuse`): measures what a server pays per
+    /// connection (accept, protocol set-up, close) as well as per request.
+    #[arg(long, env = "LOOPSCALE_LOAD_DISABLE_KEEPALIVE")]
+    pub disable_keepalive: bool,
+
     /// Time before the measured window; requests intended (open) or started (closed) in it are
     /// excluded from everything.
     #[arg(long, env = "LOOPSCALE_LOAD_WARMUP", default_value = "1s",
@@ -113,6 +119,8 @@ pub struct LoadPlan {
     pub rate: Option<f64>,
     pub concurrency: u64,
     pub connections: u64,
+    /// Reuse connections (false: one connection per request).
+    pub keep_alive: bool,
     pub targets: Vec<Target>,
     pub path: PathAndQuery,
     pub warmup: Duration,
@@ -128,6 +136,7 @@ impl LoadPlan {
             rate: self.rate,
             concurrency: self.concurrency,
             connections: self.connections,
+            keep_alive: self.keep_alive,
             targets: self.targets.iter().map(|t| t.url.clone()).collect(),
             path: self.path.to_string(),
             warmup_secs: self.warmup.as_secs_f64(),
@@ -166,6 +175,7 @@ impl LoadArgs {
             rate,
             concurrency: self.concurrency,
             connections: self.connections.unwrap_or(self.concurrency),
+            keep_alive: !self.disable_keepalive,
             targets: self.targets.clone(),
             path: self.path.clone(),
             warmup: self.warmup,

@@ -2,7 +2,8 @@
 //!
 //! A [`ConnectionSlot`] opens its connection on first use, to a target picked at random (what
 //! kube-proxy does for each new connection), and re-opens it, to a new random pick, after the
-//! server closed it, a request on it failed or timed out. One request at a time per connection:
+//! server closed it, a request on it failed or timed out. With `--disable-keepalive` every
+//! request says `Connection: close` and the slot opens a new connection for the next one. One request at a time per connection:
 //! HTTP/1.1 without pipelining, as browsers, wrk and k6 do.
 //!
 //! The slot belongs to one worker, so a request takes no pool lock or semaphore; hyper's
@@ -21,7 +22,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{CONNECTION, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Empty};
@@ -42,10 +43,12 @@ pub struct RequestTemplate {
     /// `Host` header per target, in `targets` order.
     host_headers: Vec<HeaderValue>,
     uri: Uri,
+    /// Reuse connections; false sends `Connection: close` and opens one per request.
+    keep_alive: bool,
 }
 
 impl RequestTemplate {
-    pub fn new(targets: Vec<Target>, path: PathAndQuery) -> RequestTemplate {
+    pub fn new(targets: Vec<Target>, path: PathAndQuery, keep_alive: bool) -> RequestTemplate {
         let host_headers = targets
             .iter()
             .map(|t| HeaderValue::from_str(&t.authority).expect("authority is a valid header"))
@@ -54,6 +57,7 @@ impl RequestTemplate {
             targets,
             host_headers,
             uri: Uri::from(path),
+            keep_alive,
         }
     }
 
@@ -65,6 +69,11 @@ impl RequestTemplate {
         request
             .headers_mut()
             .insert(HOST, self.host_headers[target].clone());
+        if !self.keep_alive {
+            request
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         request
     }
 }
@@ -243,7 +252,7 @@ async fn attempt(connection: &mut Live, template: &RequestTemplate) -> Attempt {
             outcome: Outcome::from_status(parts.status),
             wire: connection.clock.take(),
         },
-        keep: true,
+        keep: template.keep_alive,
     }
 }
 

@@ -158,6 +158,7 @@ mod tests {
             rate: Some(10.0),
             concurrency: 5,
             connections: 5,
+            keep_alive: true,
             targets: vec!["http://a:1".into()],
             path: "/".into(),
             warmup_secs: 0.0,

@@ -110,6 +110,7 @@ pub async fn run(
     let template = Arc::new(RequestTemplate::new(
         plan.targets.clone(),
         plan.path.clone(),
+        plan.keep_alive,
     ));
     let shared = Arc::new(Shared {
         queue: JobQueue::new(),

@@ -60,6 +60,7 @@ pub struct Load {
     path: String,
     model: Model,
     connections: Option<u32>,
+    keep_alive: bool,
     warmup: Duration,
     duration: Duration,
 }
@@ -88,6 +89,7 @@ impl Load {
             path: path.to_string(),
             model,
             connections: None,
+            keep_alive: true,
             warmup: Duration::ZERO,
             duration: Duration::from_secs(2),
         }
@@ -95,6 +97,12 @@ impl Load {
 
     pub fn connections(mut self, connections: u32) -> Load {
         self.connections = Some(connections);
+        self
+    }
+
+    /// Every request on a new connection (`--disable-keepalive`).
+    pub fn new_connection_per_request(mut self) -> Load {
+        self.keep_alive = false;
         self
     }
 
@@ -125,6 +133,9 @@ impl Load {
         }
         if let Some(connections) = self.connections {
             args.extend(["--connections".into(), connections.to_string()]);
+        }
+        if !self.keep_alive {
+            args.push("--disable-keepalive".into());
         }
         args.extend(["--warmup".into(), format!("{}ms", self.warmup.as_millis())]);
         args.extend([

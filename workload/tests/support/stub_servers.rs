@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
+use axum::serve::ListenerExt;
 use axum::Router;
 
 /// What a server does with each request.
@@ -35,6 +36,8 @@ pub enum Behavior {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
+    /// Connections accepted (axum-served behaviours only; 0 for `Delay` and `Silent`).
+    pub connections: Arc<AtomicU64>,
     pub arrivals: Arc<Mutex<Vec<Instant>>>,
 }
 
@@ -45,6 +48,10 @@ impl TestServer {
 
     pub fn request_count(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn connection_count(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
@@ -80,9 +87,15 @@ pub fn start(behavior: Behavior) -> TestServer {
         arrivals: arrivals.clone(),
         stall_until: Mutex::new(None),
     });
+    let connections = Arc::new(AtomicU64::new(0));
+    let accepted = connections.clone();
     std::thread::spawn(move || {
         runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+            let listener = tokio::net::TcpListener::from_std(std_listener)
+                .expect("listener")
+                .tap_io(move |_| {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                });
             let app = Router::new().fallback(move || handle(state.clone()));
             axum::serve(listener, app).await.expect("test server");
         })
@@ -90,6 +103,7 @@ pub fn start(behavior: Behavior) -> TestServer {
     TestServer {
         addr,
         requests,
+        connections,
         arrivals,
     }
 }
@@ -170,6 +184,7 @@ fn start_delay_server(delay: Duration) -> TestServer {
     TestServer {
         addr,
         requests,
+        connections: Arc::new(AtomicU64::new(0)),
         arrivals,
     }
 }
@@ -197,6 +212,7 @@ fn start_silent_server() -> TestServer {
     TestServer {
         addr,
         requests,
+        connections: Arc::new(AtomicU64::new(0)),
         arrivals: Arc::new(Mutex::new(Vec::new())),
     }
 }
