@@ -195,6 +195,7 @@ impl std::fmt::Display for Implementation {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || self.requestOverheadUs == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' per-request cost is real)").field_path(".requestOverheadUs"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || self.resumeOverheadUs == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' per-request cost is real)").field_path(".resumeOverheadUs"))]
+#[x_kube(validation = Rule::new("self.implementation != 'reference' || self.connectionOverheadUs == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' per-connection cost is real)").field_path(".connectionOverheadUs"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || !('thread-pool' in self.modes) || self.gil").message("must be true when spec.workload.implementation is reference with thread-pool mode (the FastAPI reference runs CPython 3.11, which has a GIL)").field_path(".gil"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || !('thread-pool' in self.modes) || !has(self.balancing) || self.balancing == 'shared-socket'").message("must be shared-socket (or unset) when spec.workload.implementation is reference with thread-pool mode (uvicorn --workers only shares its listening socket)").field_path(".balancing"))]
 pub struct WorkloadSpec {
@@ -231,6 +232,13 @@ pub struct WorkloadSpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 1_000_000))]
     pub resume_overhead_us: u32,
+    /// CPU spent on the loop for each accepted connection, in microseconds: the framework's
+    /// cost of setting a connection up and tearing it down (uvicorn's protocol object, Node's
+    /// socket). Paid once per connection; with shared-socket balancing it also spreads a burst
+    /// of new connections over the workers, as uvicorn's does.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub connection_overhead_us: u32,
     /// How connections reach workers; unset means the mode's default (event-loop: round-robin,
     /// thread-pool: shared-socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]

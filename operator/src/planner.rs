@@ -185,6 +185,10 @@ pub fn workload_env(spec: &ExperimentSpec, step: &StepKey) -> Vec<(String, Strin
                 "LOOPSCALE_RESUME_OVERHEAD_US".into(),
                 w.resume_overhead_us.to_string(),
             ));
+            env.push((
+                "LOOPSCALE_CONNECTION_OVERHEAD_US".into(),
+                w.connection_overhead_us.to_string(),
+            ));
         }
         (Implementation::Reference, Mode::EventLoop) => env.push(libuv),
         (Implementation::Reference, Mode::ThreadPool) => env.extend(thread_pool),
@@ -372,11 +376,12 @@ spec:
         for env in both {
             assert!(!names(&env).contains(&"LOOPSCALE_REQUEST_OVERHEAD_US".to_string()));
             assert!(!names(&env).contains(&"LOOPSCALE_RESUME_OVERHEAD_US".to_string()));
+            assert!(!names(&env).contains(&"LOOPSCALE_CONNECTION_OVERHEAD_US".to_string()));
             assert!(env.contains(&("LOOPSCALE_BALANCING".into(), "shared-socket".into())));
         }
         // The emulation gets every knob.
         s.workload.implementation = Implementation::Emulated;
-        assert_eq!(workload_env(&s, &k(EventLoop, 1, 1, 1)).len(), 9);
+        assert_eq!(workload_env(&s, &k(EventLoop, 1, 1, 1)).len(), 10);
     }
 
     #[test]

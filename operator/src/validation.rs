@@ -407,6 +407,10 @@ spec:
         for (extra, field) in [
             ("requestOverheadUs: 30", "spec.workload.requestOverheadUs"),
             ("resumeOverheadUs: 90", "spec.workload.resumeOverheadUs"),
+            (
+                "connectionOverheadUs: 85",
+                "spec.workload.connectionOverheadUs",
+            ),
             ("gil: false", "spec.workload.gil"),
             ("balancing: round-robin", "spec.workload.balancing"),
         ] {
@@ -427,7 +431,7 @@ spec:
         // The emulation honours every knob.
         let emulated = VALID.replace(
             "workload: {modes: [event-loop, thread-pool]}",
-            "workload: {modes: [event-loop, thread-pool], requestOverheadUs: 30, resumeOverheadUs: 90, gil: false, balancing: round-robin}",
+            "workload: {modes: [event-loop, thread-pool], requestOverheadUs: 30, resumeOverheadUs: 90, connectionOverheadUs: 85, gil: false, balancing: round-robin}",
         );
         assert!(validate_manifest(&emulated).is_ok());
     }

@@ -643,6 +643,7 @@ async fn a_reference_experiment_runs_the_real_servers_images_and_completes() {
         assert_eq!(env["PORT"], "8080");
         assert!(!env.contains_key("LOOPSCALE_REQUEST_OVERHEAD_US"));
         assert!(!env.contains_key("LOOPSCALE_RESUME_OVERHEAD_US"));
+        assert!(!env.contains_key("LOOPSCALE_CONNECTION_OVERHEAD_US"));
         match key.mode {
             Mode::EventLoop => assert_eq!(env["LOOPSCALE_LIBUV_THREADPOOL_SIZE"], "2"),
             Mode::ThreadPool => assert_eq!(env["LOOPSCALE_THREADPOOL_SIZE"], "8"),

@@ -767,6 +767,7 @@ spec:
             assert_eq!(env["PORT"], "8080");
             assert!(!env.contains_key("LOOPSCALE_REQUEST_OVERHEAD_US"));
             assert!(!env.contains_key("LOOPSCALE_RESUME_OVERHEAD_US"));
+            assert!(!env.contains_key("LOOPSCALE_CONNECTION_OVERHEAD_US"));
             let probe_path = |p: &Option<Probe>| {
                 let get = p.as_ref().unwrap().http_get.clone().unwrap();
                 (get.path.unwrap(), get.port)

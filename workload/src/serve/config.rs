@@ -84,6 +84,11 @@ pub struct Config {
     /// `LOOPSCALE_RESUME_OVERHEAD_US`: the framework's CPU on the loop each time a handler resumes
     /// after waiting (a timer, a pool job): one more loop callback, as asyncio's task step is.
     pub resume_overhead: Duration,
+    /// `LOOPSCALE_CONNECTION_OVERHEAD_US`: the framework's CPU on the loop for each accepted
+    /// connection (uvicorn builds its protocol object under the GIL, Node a socket and a parser):
+    /// paid once per connection, so it matters for short-lived connections, and in shared-socket
+    /// balancing it gives the other workers time to accept (see `worker::serve`).
+    pub connection_overhead: Duration,
     /// `LOOPSCALE_HOST`: listen address.
     pub host: IpAddr,
     /// `PORT`: one port for routes, probes and metrics (0 = pick a free one).
@@ -98,7 +103,8 @@ pub const MAX_PROCESSES: usize = 256;
 pub const MAX_THREADPOOL_SIZE: usize = 10_000;
 /// libuv itself caps `UV_THREADPOOL_SIZE` at 1024.
 pub const MAX_LIBUV_THREADPOOL_SIZE: usize = 1024;
-/// One second of framework overhead per request (or per resume) is already absurd.
+/// One second of framework overhead per request (or per resume, or per connection) is already
+/// absurd.
 pub const MAX_OVERHEAD_US: u64 = 1_000_000;
 /// CPython accepts any positive switch interval; more than a second models nothing real.
 pub const MAX_GIL_SWITCH_INTERVAL_MS: f64 = 1000.0;
@@ -235,6 +241,14 @@ impl Config {
                 0,
                 MAX_OVERHEAD_US,
             )?),
+            connection_overhead: Duration::from_micros(integer_in_range(
+                &get,
+                "LOOPSCALE_CONNECTION_OVERHEAD_US",
+                0,
+                "an integer number of microseconds from 0 to 1000000",
+                0,
+                MAX_OVERHEAD_US,
+            )?),
             host,
             port: integer_in_range(
                 &get,
@@ -334,6 +348,7 @@ mod tests {
         assert_eq!(c.libuv_threadpool_size, 4);
         assert_eq!(c.request_overhead, Duration::ZERO);
         assert_eq!(c.resume_overhead, Duration::ZERO);
+        assert_eq!(c.connection_overhead, Duration::ZERO);
         assert_eq!(c.port, 8080);
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         let c = parse(&[("LOOPSCALE_MODE", "thread-pool")]).unwrap();
@@ -352,6 +367,7 @@ mod tests {
             ("LOOPSCALE_LIBUV_THREADPOOL_SIZE", "8"),
             ("LOOPSCALE_REQUEST_OVERHEAD_US", "150"),
             ("LOOPSCALE_RESUME_OVERHEAD_US", "90"),
+            ("LOOPSCALE_CONNECTION_OVERHEAD_US", "85"),
             ("LOOPSCALE_HOST", "127.0.0.1"),
             ("PORT", "0"),
             ("LOOPSCALE_SHUTDOWN_GRACE_SECS", "5"),
@@ -365,6 +381,7 @@ mod tests {
         assert_eq!(c.libuv_threadpool_size, 8);
         assert_eq!(c.request_overhead, Duration::from_micros(150));
         assert_eq!(c.resume_overhead, Duration::from_micros(90));
+        assert_eq!(c.connection_overhead, Duration::from_micros(85));
         assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(c.port, 0);
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
@@ -386,6 +403,7 @@ mod tests {
             ("LOOPSCALE_LIBUV_THREADPOOL_SIZE", "1025"),
             ("LOOPSCALE_REQUEST_OVERHEAD_US", "1.5"),
             ("LOOPSCALE_RESUME_OVERHEAD_US", "1000001"),
+            ("LOOPSCALE_CONNECTION_OVERHEAD_US", "-5"),
             ("LOOPSCALE_HOST", "localhost"),
             ("PORT", "65536"),
             ("LOOPSCALE_SHUTDOWN_GRACE_SECS", "3601"),

@@ -276,6 +276,13 @@ fn loop_work(s: &AppState, work: Duration) {
     }
 }
 
+/// A connection was accepted: the framework's cost of setting it up (uvicorn's protocol object
+/// and `connection_made`, Node's socket and parser), and of tearing it down later, paid on the
+/// loop as one callback of its own.
+pub fn connection_accepted(s: &AppState) {
+    loop_work(s, s.config.connection_overhead);
+}
+
 /// A handler resumes after a wait (its timer fired, its pool job finished): the framework's
 /// cost of that extra loop callback (asyncio's task step, a Node timer callback).
 fn resumed(s: &AppState) {

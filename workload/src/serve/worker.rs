@@ -33,7 +33,7 @@ use crate::serve::fdpass::PassedConnections;
 use crate::serve::gil::Gil;
 use crate::serve::metrics::WorkerMetrics;
 use crate::serve::pool::BoundedPool;
-use crate::serve::routes::{router, AppState};
+use crate::serve::routes::{connection_accepted, router, AppState};
 
 /// Internal env var set by the supervisor: this process is worker number N.
 pub const WORKER_INDEX_ENV: &str = "LOOPSCALE_WORKER_INDEX";
@@ -232,21 +232,20 @@ pub fn run(config: Config, worker: usize) -> ExitCode {
         pool,
         pod: pod.clone(),
     });
-    let gil = state.gil.clone();
     let result = runtime.block_on(async move {
         tokio::spawn(probe_lag(metrics.eventloop_lag.clone()));
-        let app = router(state);
+        let app = router(state.clone());
         let shutdown = shutdown_requested(pod.clone(), worker);
         match config.balancing {
             Balancing::SharedSocket => {
                 let std = std::net::TcpListener::from(connections);
                 std.set_nonblocking(true)?;
                 let listener = tokio::net::TcpListener::from_std(std)?;
-                serve(listener, app, shutdown, &pod, worker, gil).await
+                serve(listener, app, shutdown, &pod, worker, state).await
             }
             Balancing::RoundRobin => {
                 let listener = PassedConnections::new(connections)?;
-                serve(listener, app, shutdown, &pod, worker, gil).await
+                serve(listener, app, shutdown, &pod, worker, state).await
             }
         }
     });
@@ -268,7 +267,7 @@ async fn serve<L>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     pod: &PodLink,
     worker: usize,
-    gil: Arc<Gil>,
+    state: Arc<AppState>,
 ) -> std::io::Result<()>
 where
     L: Listener<Io = tokio::net::TcpStream>,
@@ -279,8 +278,14 @@ where
     });
     pod.send(&Message::WorkerReady)?;
     tracing::debug!(worker, "serving");
-    // What `axum::serve(..).with_graceful_shutdown(..)` does, with one difference: each
+    // What `axum::serve(..).with_graceful_shutdown(..)` does, with two differences: each
+    // accepted connection first costs `LOOPSCALE_CONNECTION_OVERHEAD_US` on the loop, and each
     // connection's task is polled as a loop callback (see `LoopCallback`).
+    //
+    // That cost is also what spreads a shared socket's connections over the workers as in
+    // uvicorn: every worker waiting in epoll is woken by a new connection, and the one that
+    // accepts it is busy for that long, so the next connection goes to another. With an accept
+    // that costs microseconds, the first worker awake takes the whole burst.
     let connections = GracefulShutdown::new();
     let http = http1::Builder::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -289,10 +294,11 @@ where
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
+        connection_accepted(&state);
         let service = TowerToHyperService::new(app.clone());
         let connection = http.serve_connection(TokioIo::new(io), service);
         let connection = connections.watch(connection);
-        tokio::spawn(LoopCallback::new(gil.clone(), connection));
+        tokio::spawn(LoopCallback::new(state.gil.clone(), connection));
     }
     drop(listener);
     tracing::debug!(worker, "not accepting; draining open connections");
