@@ -3,9 +3,10 @@
 Runs the same closed-model scenarios with `loopscale-workload load` against four
 implementations: the real Express and FastAPI reference servers and the emulation in its two
 modes; derives the shape metrics that say whether the emulation behaves like the runtime it
-stands for; measures each runtime's CPU cost per request and proposes the
-`LOOPSCALE_REQUEST_OVERHEAD_US` that makes the emulation match it; then reruns the emulation with
-that overhead and compares each shape metric (emulation / real, target within +-25%).
+stands for; measures each runtime's CPU cost per request, per resume and per connection and
+proposes the `LOOPSCALE_REQUEST_OVERHEAD_US`, `LOOPSCALE_RESUME_OVERHEAD_US` and
+`LOOPSCALE_CONNECTION_OVERHEAD_US` that make the emulation match it; then reruns the emulation
+with those overheads and compares each shape metric (emulation / real, target within +-25%).
 
 The entry point is the `calibrate` script beside this file; README.md documents it. Pure
 computations (metrics, proposal, comparison, table) are plain functions tested in
@@ -31,9 +32,10 @@ from pathlib import Path
 
 import reference_servers as rs
 
-CALIBRATION_VERSION = 2
-"""2: the overhead is two numbers per mode (request_us, resume_us); hello_slowdown_under_cpu is a
-ratio of means (1: one number, a ratio of p50s)."""
+CALIBRATION_VERSION = 3
+"""3: the overhead is three numbers per mode (request_us, resume_us, connection_us). 2: two
+numbers (request_us, resume_us); hello_slowdown_under_cpu is a ratio of means (1: one number, a
+ratio of p50s)."""
 TARGET_TOLERANCE = 0.25
 """Each shape metric of the emulation should be within +-25% of the real runtime's."""
 
@@ -67,21 +69,26 @@ class Scenario:
     background_concurrency: int = 0
     measure_cpu: bool = False
     """Sample the server's CPU time over the measured window (CPU cost per request)."""
+    keep_alive: bool = True
+    """False: every request on a new connection (`--disable-keepalive`)."""
 
 
 COST_SCENARIOS = (
     Scenario("io_cost", 1, "/io?ms=1", COST_CONCURRENCY, measure_cpu=True),
     Scenario("hello_cost", 1, "/hello", COST_CONCURRENCY, measure_cpu=True),
+    Scenario("connection_cost", 1, "/hello", COST_CONCURRENCY, measure_cpu=True, keep_alive=False),
 )
 """The per-request cost on a route that answers at once (/hello: LOOPSCALE_REQUEST_OVERHEAD_US
-is derived from it) and on one that waits for a timer first (/io?ms=1: what it costs more gives
-LOOPSCALE_RESUME_OVERHEAD_US, the loop callback that resumes the handler)."""
+is derived from it), on one that waits for a timer first (/io?ms=1: what it costs more gives
+LOOPSCALE_RESUME_OVERHEAD_US, the loop callback that resumes the handler) and on /hello with a
+new connection per request (what it costs more gives LOOPSCALE_CONNECTION_OVERHEAD_US)."""
 REQUEST_SCENARIO = "hello_cost"
 RESUME_SCENARIO = "io_cost"
+CONNECTION_SCENARIO = "connection_cost"
 
 SCENARIOS = (
     *COST_SCENARIOS,
-    Scenario("hello_alone", 1, "/hello", 1),
+    Scenario("hello_alone", 1, "/hello", 1, measure_cpu=True),
     Scenario("hello_under_cpu", 1, "/hello", 1, f"/cpu?ms={CPU_MS}", 4),
     Scenario("cpu_p1", 1, f"/cpu?ms={CPU_MS}", CPU_CONCURRENCY),
     Scenario("cpu_inline_p1", 1, f"/cpu-inline?ms={CPU_MS}", CPU_CONCURRENCY),
@@ -89,8 +96,12 @@ SCENARIOS = (
     Scenario("cpu_p2", 2, f"/cpu?ms={CPU_MS}", CPU_CONCURRENCY),
 )
 
+CPU_SCENARIOS = tuple(s for s in SCENARIOS if s.measure_cpu)
+"""The scenarios whose server CPU is sampled: the cost scenarios, and /hello alone, whose loop CPU
+at 1 in flight says whether a runtime's per-request cost depends on how many are in flight."""
+
 SCENARIO_GROUPS = (
-    ("io_cost", "hello_cost"),
+    ("io_cost", "hello_cost", "connection_cost"),
     ("hello_alone", "hello_under_cpu"),
     ("cpu_p1", "cpu_p2", "cpu_inline_p1"),
     ("io_high_concurrency",),
@@ -217,30 +228,44 @@ def propose_overhead_us(real_cpu_us: float | None, emulated_cpu_us_at_zero: floa
     return max(0, round(real_cpu_us - emulated_cpu_us_at_zero))
 
 
+OVERHEADS = (
+    ("request_us", "LOOPSCALE_REQUEST_OVERHEAD_US", "overhead"),
+    ("resume_us", "LOOPSCALE_RESUME_OVERHEAD_US", "resume"),
+    ("connection_us", "LOOPSCALE_CONNECTION_OVERHEAD_US", "connection"),
+)
+"""Each overhead of a mode: its key in the JSON, the emulation's variable, and the prefix of its
+calibrate flag (--overhead-event-loop-us, --resume-thread-pool-us, ...)."""
+
+
 def propose_overheads(real: dict[str, dict], emulated_at_zero: dict[str, dict]) -> dict[str, int | None]:
-    """Both overheads of one mode from the cost scenarios' loop CPU per request ({scenario:
+    """The overheads of one mode from the cost scenarios' loop CPU per request ({scenario:
     {loop_cpu_us_per_request}}) of the real runtime and of the emulation with no overhead:
     request_us matches /hello, resume_us matches what /io costs more than /hello (its timer's
-    loop callback). None where a cost is missing."""
+    loop callback), connection_us what /hello on a new connection costs more than on a kept-alive
+    one. None where a cost is missing."""
 
     def loop_cost(costs: dict[str, dict], scenario: str) -> float | None:
         return costs.get(scenario, {}).get("loop_cpu_us_per_request")
 
-    real_hello, real_io = loop_cost(real, REQUEST_SCENARIO), loop_cost(real, RESUME_SCENARIO)
-    emu_hello, emu_io = loop_cost(emulated_at_zero, REQUEST_SCENARIO), loop_cost(emulated_at_zero, RESUME_SCENARIO)
-    resume = None
-    if None not in (real_hello, real_io, emu_hello, emu_io):
-        resume = propose_overhead_us(real_io - real_hello, emu_io - emu_hello)
-    return {"request_us": propose_overhead_us(real_hello, emu_hello), "resume_us": resume}
+    def extra(scenario: str) -> int | None:
+        """What `scenario` costs more than /hello, real minus emulated."""
+        real_hello, real_other = loop_cost(real, REQUEST_SCENARIO), loop_cost(real, scenario)
+        emu_hello, emu_other = loop_cost(emulated_at_zero, REQUEST_SCENARIO), loop_cost(emulated_at_zero, scenario)
+        if None in (real_hello, real_other, emu_hello, emu_other):
+            return None
+        return propose_overhead_us(real_other - real_hello, emu_other - emu_hello)
+
+    return {
+        "request_us": propose_overhead_us(loop_cost(real, REQUEST_SCENARIO), loop_cost(emulated_at_zero, REQUEST_SCENARIO)),
+        "resume_us": extra(RESUME_SCENARIO),
+        "connection_us": extra(CONNECTION_SCENARIO),
+    }
 
 
 def overhead_env(overhead: dict[str, int | None] | None) -> dict[str, str]:
     """The emulation's environment for one mode's overheads (missing ones are 0)."""
     overhead = overhead or {}
-    return {
-        "LOOPSCALE_REQUEST_OVERHEAD_US": str(overhead.get("request_us") or 0),
-        "LOOPSCALE_RESUME_OVERHEAD_US": str(overhead.get("resume_us") or 0),
-    }
+    return {env: str(overhead.get(key) or 0) for key, env, _ in OVERHEADS}
 
 
 @dataclass
@@ -306,15 +331,13 @@ def render_table(comparisons: list[Comparison], costs: dict[str, dict], overhead
             cells += [_fmt(r, 1), _fmt(e, 1), _fmt(safe_ratio(e, r))]
         return f"| {label} | {' | '.join(cells)} |"
 
-    for scenario in COST_SCENARIOS:
-        path = scenario.path
-        lines.append(cost_row(f"CPU us per {path} on the event-loop thread", scenario.name, "loop_cpu_us_per_request"))
-        lines.append(cost_row(f"CPU us per {path}, all threads and processes", scenario.name, "cpu_us_per_request"))
-        lines.append(
-            cost_row(f"{path} req/s, 1 process, {scenario.concurrency} in flight", scenario.name, "throughput_rps")
-        )
+    for scenario in CPU_SCENARIOS:
+        what = f"{scenario.path}{'' if scenario.keep_alive else ' on a new connection'}, {scenario.concurrency} in flight"
+        lines.append(cost_row(f"CPU us per {what}, event-loop thread", scenario.name, "loop_cpu_us_per_request"))
+        lines.append(cost_row(f"CPU us per {what}, all threads and processes", scenario.name, "cpu_us_per_request"))
+        lines.append(cost_row(f"req/s of {what}, 1 process", scenario.name, "throughput_rps"))
     lines.append("")
-    for env, key in (("LOOPSCALE_REQUEST_OVERHEAD_US", "request_us"), ("LOOPSCALE_RESUME_OVERHEAD_US", "resume_us")):
+    for key, env, _ in OVERHEADS:
         lines.append(
             f"{env}: "
             + ", ".join(
@@ -382,7 +405,16 @@ def _duration_arg(seconds: float) -> str:
     return f"{max(0, round(seconds * 1000))}ms"
 
 
-def load_argv(load_bin: Path, port: int, path: str, concurrency: int, warmup: float, duration: float, report: Path) -> list[str]:
+def load_argv(
+    load_bin: Path,
+    port: int,
+    path: str,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    report: Path,
+    keep_alive: bool = True,
+) -> list[str]:
     """The `loopscale-workload load` command line of one closed-model run."""
     return [
         str(load_bin),
@@ -405,6 +437,7 @@ def load_argv(load_bin: Path, port: int, path: str, concurrency: int, warmup: fl
         path,
         "--report",
         str(report),
+        *([] if keep_alive else ["--disable-keepalive"]),
     ]
 
 
@@ -441,7 +474,14 @@ def run_scenario(settings: Settings, server: rs.Server, scenario: Scenario, rep:
     base = settings.work_dir / f"{server.name}-{scenario.name}-r{rep}"
     main_report = base.with_suffix(".json")
     main_argv = load_argv(
-        settings.load_bin, server.port, scenario.path, scenario.concurrency, settings.warmup, settings.duration, main_report
+        settings.load_bin,
+        server.port,
+        scenario.path,
+        scenario.concurrency,
+        settings.warmup,
+        settings.duration,
+        main_report,
+        scenario.keep_alive,
     )
     procs: list[subprocess.Popen] = []
     background_report = None
@@ -627,17 +667,20 @@ def render_gil_sweep(sweep: dict[str, dict[str, dict]]) -> str:
 
 
 def costs_of(summary: dict[str, dict[str, Measurement]]) -> dict[str, dict[str, dict]]:
-    """{implementation: {cost scenario: {loop_cpu_us_per_request, cpu_us_per_request,
-    throughput_rps}}} from summarised measurements (None where a figure is missing)."""
+    """{implementation: {CPU-sampled scenario: {loop_cpu_us_per_request, cpu_us_per_request,
+    throughput_rps}}} from summarised measurements, for the scenarios that were run (None where a
+    figure is missing)."""
     out: dict[str, dict[str, dict]] = {}
     for impl, by in summary.items():
         out[impl] = {}
-        for scenario in COST_SCENARIOS:
+        for scenario in CPU_SCENARIOS:
             m = by.get(scenario.name)
+            if m is None:
+                continue
             out[impl][scenario.name] = {
-                "loop_cpu_us_per_request": m.loop_cpu_us_per_request if m else None,
-                "cpu_us_per_request": m.cpu_us_per_request if m else None,
-                "throughput_rps": m.throughput_rps if m else None,
+                "loop_cpu_us_per_request": m.loop_cpu_us_per_request,
+                "cpu_us_per_request": m.cpu_us_per_request,
+                "throughput_rps": m.throughput_rps,
             }
     return out
 
@@ -670,7 +713,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="calibrate",
         description="Compare loopscale's emulation with real Express and FastAPI and propose "
-        "LOOPSCALE_REQUEST_OVERHEAD_US and LOOPSCALE_RESUME_OVERHEAD_US for each mode.",
+        "LOOPSCALE_REQUEST_OVERHEAD_US, LOOPSCALE_RESUME_OVERHEAD_US and LOOPSCALE_CONNECTION_OVERHEAD_US "
+        "for each mode.",
     )
     parser.add_argument("--quick", action="store_true", help="short runs, 1 repetition (CI): about 3 minutes")
     parser.add_argument("--duration", type=float, help="measured seconds per run (default 4, quick 2)")
@@ -687,17 +731,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="run only the GIL sweep (real FastAPI and the emulated thread-pool mode, 1 process each, "
         "no cost or shape scenarios): about 2 minutes; the emulation's overheads are "
-        "--overhead-thread-pool-us and --resume-thread-pool-us, else those calibration-latest.json used",
+        "--overhead-thread-pool-us, --resume-thread-pool-us and --connection-thread-pool-us, else "
+        "those calibration-latest.json used",
     )
     parser.add_argument("--json", default="calibration.json", help="where to write the results (default calibration.json)")
     parser.add_argument("--workload-bin", help="the loopscale-workload binary (default: $LOOPSCALE_WORKLOAD_BIN, else target/release, built if missing)")
     for mode in MODES:
-        parser.add_argument(
-            f"--overhead-{mode}-us", type=int, help=f"use this LOOPSCALE_REQUEST_OVERHEAD_US for {mode} mode instead of proposing one"
-        )
-        parser.add_argument(
-            f"--resume-{mode}-us", type=int, help=f"use this LOOPSCALE_RESUME_OVERHEAD_US for {mode} mode instead of proposing one"
-        )
+        for _, env, flag in OVERHEADS:
+            parser.add_argument(f"--{flag}-{mode}-us", type=int, help=f"use this {env} for {mode} mode instead of proposing one")
     parser.add_argument(
         "--nice",
         type=int,
@@ -714,7 +755,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.prime = args.prime if args.prime is not None else (2.0 if args.quick else 5.0)
     if args.duration <= 0 or args.warmup < 0 or args.repetitions < 1 or args.prime <= 0:
         parser.error("--duration and --prime must be > 0, --warmup >= 0 and --repetitions >= 1")
-    for name in [f"{kind}_{mode.replace('-', '_')}_us" for mode in MODES for kind in ("overhead", "resume")]:
+    for name in [f"{flag}_{mode.replace('-', '_')}_us" for mode in MODES for _, _, flag in OVERHEADS]:
         value = getattr(args, name)
         if value is not None and value < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
@@ -726,7 +767,11 @@ def run_gil_sweep_only(args: argparse.Namespace, settings: Settings) -> int:
     in the same invocation so that the comparison sees the same machine load."""
     started = time.time()
     load_before = os.getloadavg()
-    overhead = {"thread-pool": sweep_overheads(args.overhead_thread_pool_us, args.resume_thread_pool_us)}
+    overhead = {
+        "thread-pool": sweep_overheads(
+            {key: getattr(args, f"{flag}_thread_pool_us") for key, _, flag in OVERHEADS},
+        )
+    }
     with ServerPool(settings) as pool:
         log(settings, f"GIL sweep only: thread-pool overheads {overhead['thread-pool']}")
         pool.start("fastapi", 1)
@@ -779,9 +824,9 @@ LATEST = Path(__file__).resolve().parent / "calibration-latest.json"
 """The calibration the READMEs show; --gil-sweep-only reuses the overheads it used."""
 
 
-def sweep_overheads(request_us: int | None, resume_us: int | None, latest: Path = LATEST) -> dict[str, int]:
-    """The emulation's thread-pool overheads for --gil-sweep-only: the given ones, else those the
-    latest full calibration used (0 if it cannot be read)."""
+def sweep_overheads(given: dict[str, int | None], latest: Path = LATEST) -> dict[str, int]:
+    """The emulation's thread-pool overheads for --gil-sweep-only: the given ones ({key: value or
+    None}), else those the latest full calibration used (0 if it cannot be read)."""
     try:
         used = json.loads(latest.read_text())["used_overhead_us"]["thread-pool"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -789,8 +834,7 @@ def sweep_overheads(request_us: int | None, resume_us: int | None, latest: Path 
     if not isinstance(used, dict):
         used = {}
     return {
-        "request_us": request_us if request_us is not None else int(used.get("request_us") or 0),
-        "resume_us": resume_us if resume_us is not None else int(used.get("resume_us") or 0),
+        key: given.get(key) if given.get(key) is not None else int(used.get(key) or 0) for key, _, _ in OVERHEADS
     }
 
 
@@ -838,13 +882,7 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
     started = time.time()
     load_before = os.getloadavg()
     emulations = list(MODE_OF)
-    given = {
-        mode: {
-            "request_us": getattr(args, f"overhead_{mode.replace('-', '_')}_us"),
-            "resume_us": getattr(args, f"resume_{mode.replace('-', '_')}_us"),
-        }
-        for mode in MODES
-    }
+    given = {mode: {key: getattr(args, f"{flag}_{mode.replace('-', '_')}_us") for key, _, flag in OVERHEADS} for mode in MODES}
 
     reals = [real for real, _ in PAIRS]
     with ServerPool(settings) as pool:
@@ -897,7 +935,11 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
             },
         ),
         "shape_metric_definitions": SHAPE_METRICS,
-        "proposal_scenarios": {"request_us": REQUEST_SCENARIO, "resume_us": RESUME_SCENARIO},
+        "proposal_scenarios": {
+            "request_us": REQUEST_SCENARIO,
+            "resume_us": RESUME_SCENARIO,
+            "connection_us": CONNECTION_SCENARIO,
+        },
         "baseline_costs": baseline_costs,
         "proposed_overhead_us": proposal,
         "used_overhead_us": used,

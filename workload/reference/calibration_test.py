@@ -62,27 +62,49 @@ class Proposal(unittest.TestCase):
         self.assertIsNone(cal.propose_overhead_us(50.0, None))
 
     @staticmethod
-    def costs(hello: float | None, io: float | None) -> dict:
-        return {"hello_cost": {"loop_cpu_us_per_request": hello}, "io_cost": {"loop_cpu_us_per_request": io}}
+    def costs(hello: float | None, io: float | None, new_connection: float | None = None) -> dict:
+        return {
+            "hello_cost": {"loop_cpu_us_per_request": hello},
+            "io_cost": {"loop_cpu_us_per_request": io},
+            "connection_cost": {"loop_cpu_us_per_request": new_connection},
+        }
 
-    def test_request_from_hello_resume_from_what_io_costs_more(self) -> None:
-        # Real: /hello 200 us, /io 300 us; emulation at zero: 20 and 28 (its timer costs 8 itself).
-        got = cal.propose_overheads(self.costs(200.0, 300.0), self.costs(20.0, 28.0))
-        self.assertEqual(got, {"request_us": 180, "resume_us": 92})
+    def test_request_from_hello_resume_and_connection_from_what_they_cost_more(self) -> None:
+        # Real: /hello 200 us, /io 300 us, /hello on a new connection 310 us; emulation at zero:
+        # 20, 28 (its timer costs 8 itself) and 45 (its accept and close cost 25).
+        got = cal.propose_overheads(self.costs(200.0, 300.0, 310.0), self.costs(20.0, 28.0, 45.0))
+        self.assertEqual(got, {"request_us": 180, "resume_us": 92, "connection_us": 85})
 
     def test_a_wait_that_costs_nothing_more_gives_no_resume_overhead(self) -> None:
-        got = cal.propose_overheads(self.costs(230.0, 210.0), self.costs(20.0, 28.0))
-        self.assertEqual(got, {"request_us": 210, "resume_us": 0})
+        got = cal.propose_overheads(self.costs(230.0, 210.0, 220.0), self.costs(20.0, 28.0, 45.0))
+        self.assertEqual(got, {"request_us": 210, "resume_us": 0, "connection_us": 0})
 
     def test_missing_costs_give_none(self) -> None:
-        got = cal.propose_overheads(self.costs(200.0, None), self.costs(20.0, 28.0))
-        self.assertEqual(got, {"request_us": 180, "resume_us": None})
-        self.assertEqual(cal.propose_overheads({}, {}), {"request_us": None, "resume_us": None})
+        got = cal.propose_overheads(self.costs(200.0, None, 300.0), self.costs(20.0, 28.0, None))
+        self.assertEqual(got, {"request_us": 180, "resume_us": None, "connection_us": None})
+        self.assertEqual(
+            cal.propose_overheads({}, {}), {"request_us": None, "resume_us": None, "connection_us": None}
+        )
 
     def test_environment_of_the_emulation(self) -> None:
-        env = cal.overhead_env({"request_us": 180, "resume_us": None})
-        self.assertEqual(env, {"LOOPSCALE_REQUEST_OVERHEAD_US": "180", "LOOPSCALE_RESUME_OVERHEAD_US": "0"})
-        self.assertEqual(cal.overhead_env(None)["LOOPSCALE_REQUEST_OVERHEAD_US"], "0")
+        env = cal.overhead_env({"request_us": 180, "resume_us": None, "connection_us": 85})
+        self.assertEqual(
+            env,
+            {
+                "LOOPSCALE_REQUEST_OVERHEAD_US": "180",
+                "LOOPSCALE_RESUME_OVERHEAD_US": "0",
+                "LOOPSCALE_CONNECTION_OVERHEAD_US": "85",
+            },
+        )
+        self.assertEqual(cal.overhead_env(None)["LOOPSCALE_CONNECTION_OVERHEAD_US"], "0")
+
+    def test_the_connection_scenario_opens_a_connection_per_request(self) -> None:
+        argv = cal.load_argv(Path("/bin/load"), 8080, "/hello", 32, 1.0, 4.0, Path("r.json"), keep_alive=False)
+        self.assertIn("--disable-keepalive", argv)
+        self.assertNotIn("--disable-keepalive", cal.load_argv(Path("/bin/load"), 8080, "/hello", 32, 1.0, 4.0, Path("r.json")))
+        by_name = {s.name: s for s in cal.COST_SCENARIOS}
+        self.assertFalse(by_name[cal.CONNECTION_SCENARIO].keep_alive)
+        self.assertEqual(by_name[cal.CONNECTION_SCENARIO].path, by_name[cal.REQUEST_SCENARIO].path)
 
 
 class Compare(unittest.TestCase):
@@ -110,14 +132,20 @@ class Compare(unittest.TestCase):
 
     def test_table_has_a_row_per_metric_and_the_proposal(self) -> None:
         costs = {"express": {"io_cost": {"loop_cpu_us_per_request": 300.0}}, "emulated-event-loop": {"io_cost": {"loop_cpu_us_per_request": 150.0}}}
-        overheads = {"event-loop": {"request_us": 60, "resume_us": 0}, "thread-pool": {"request_us": None, "resume_us": 90}}
+        overheads = {
+            "event-loop": {"request_us": 60, "resume_us": 0, "connection_us": 40},
+            "thread-pool": {"request_us": None, "resume_us": 90, "connection_us": 85},
+        }
         table = cal.render_table(cal.compare(self.metrics(2.0, 1.0)), costs, overheads)
-        self.assertIn("| CPU us per /io?ms=1 on the event-loop thread | 300 | 150 | 0.50 |", table)
+        self.assertIn("| CPU us per /io?ms=1, 32 in flight, event-loop thread | 300 | 150 | 0.50 |", table)
+        self.assertIn("| CPU us per /hello, 1 in flight, event-loop thread |", table)
         for metric in cal.SHAPE_METRICS:
             self.assertIn(f"| {metric} |", table)
         self.assertIn("0.50 OFF", table)
         self.assertIn("LOOPSCALE_REQUEST_OVERHEAD_US: event-loop = 60, thread-pool = -", table)
         self.assertIn("LOOPSCALE_RESUME_OVERHEAD_US: event-loop = 0, thread-pool = 90", table)
+        self.assertIn("LOOPSCALE_CONNECTION_OVERHEAD_US: event-loop = 40, thread-pool = 85", table)
+        self.assertIn("| CPU us per /hello on a new connection, 32 in flight, event-loop thread |", table)
 
 
 class Groups(unittest.TestCase):
@@ -138,13 +166,22 @@ class GilSweepTable(unittest.TestCase):
 
 
 class Costs(unittest.TestCase):
-    def test_costs_of_every_cost_scenario(self) -> None:
-        summary = {"express": {"io_cost": measurement("io_cost", 3000.0, cpu=0.9, ok=3000)}}
+    def test_costs_of_the_cpu_sampled_scenarios_that_ran(self) -> None:
+        summary = {
+            "express": {
+                "io_cost": measurement("io_cost", 3000.0, cpu=0.9, ok=3000),
+                "cpu_p1": measurement("cpu_p1", 95.0, cpu=0.9, ok=380),
+            }
+        }
         costs = cal.costs_of(summary)
         self.assertAlmostEqual(costs["express"]["io_cost"]["cpu_us_per_request"], 300.0)
         self.assertAlmostEqual(costs["express"]["io_cost"]["loop_cpu_us_per_request"], 150.0)
-        self.assertIsNone(costs["express"]["hello_cost"]["cpu_us_per_request"])
-        self.assertTrue({cal.REQUEST_SCENARIO, cal.RESUME_SCENARIO} <= {s.name for s in cal.COST_SCENARIOS})
+        # Not run: absent, not a row of Nones. Not CPU-sampled: absent too.
+        self.assertEqual(set(costs["express"]), {"io_cost"})
+        self.assertTrue(
+            {cal.REQUEST_SCENARIO, cal.RESUME_SCENARIO, cal.CONNECTION_SCENARIO} <= {s.name for s in cal.COST_SCENARIOS}
+        )
+        self.assertIn("hello_alone", {s.name for s in cal.CPU_SCENARIOS})
 
 
 class Medians(unittest.TestCase):
@@ -200,6 +237,7 @@ class LoadCommand(unittest.TestCase):
                     ["--prime", "0"],
                     ["--overhead-event-loop-us", "-5"],
                     ["--resume-thread-pool-us", "-1"],
+                    ["--connection-event-loop-us", "-1"],
                 ):
                     with self.assertRaises(SystemExit):
                         cal.parse_args(bad)
@@ -210,10 +248,15 @@ class LoadCommand(unittest.TestCase):
         self.assertTrue(cal.parse_args(["--gil-sweep-only"]).gil_sweep_only)
         self.assertFalse(cal.parse_args([]).gil_sweep_only)
         latest = json.loads(cal.LATEST.read_text())["used_overhead_us"]["thread-pool"]
-        self.assertEqual(cal.sweep_overheads(None, None), latest)
-        self.assertEqual(cal.sweep_overheads(300, None), {"request_us": 300, "resume_us": latest["resume_us"]})
-        self.assertEqual(cal.sweep_overheads(0, 0), {"request_us": 0, "resume_us": 0})
-        self.assertEqual(cal.sweep_overheads(None, None, Path("/nonexistent.json")), {"request_us": 0, "resume_us": 0})
+        none = {"request_us": None, "resume_us": None, "connection_us": None}
+        zero = {"request_us": 0, "resume_us": 0, "connection_us": 0}
+        self.assertEqual(cal.sweep_overheads(none), {key: int(latest.get(key) or 0) for key in zero})
+        self.assertEqual(cal.sweep_overheads({**none, "request_us": 300})["request_us"], 300)
+        self.assertEqual(cal.sweep_overheads({**none, "request_us": 300})["resume_us"], latest["resume_us"])
+        self.assertEqual(cal.sweep_overheads(zero), zero)
+        self.assertEqual(cal.sweep_overheads(none, Path("/nonexistent.json")), zero)
+        args = cal.parse_args(["--gil-sweep-only", "--connection-thread-pool-us", "85"])
+        self.assertEqual(args.connection_thread_pool_us, 85)
 
 
 class CpuDelta(unittest.TestCase):
