@@ -86,6 +86,18 @@ class Proposal(unittest.TestCase):
             cal.propose_overheads({}, {}), {"request_us": None, "resume_us": None, "connection_us": None}
         )
 
+    def test_own_costs_take_out_what_each_scenario_paid(self) -> None:
+        ran_with = self.costs(200.0, 300.0, 310.0)
+        used = {"request_us": 180, "resume_us": 92, "connection_us": 85}
+        own = cal.own_costs(ran_with, used)
+        self.assertEqual(own, self.costs(20.0, 28.0, 45.0))
+        # A real runtime that cost exactly what the emulation did is proposed the same overheads.
+        self.assertEqual(cal.propose_overheads(ran_with, own), used)
+        # One that cost 20% more on /hello is proposed 40 us more per request.
+        dearer = self.costs(240.0, 340.0, 350.0)
+        self.assertEqual(cal.propose_overheads(dearer, own)["request_us"], 220)
+        self.assertEqual(cal.own_costs({}, used), {})
+
     def test_environment_of_the_emulation(self) -> None:
         env = cal.overhead_env({"request_us": 180, "resume_us": None, "connection_us": 85})
         self.assertEqual(
