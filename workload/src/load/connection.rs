@@ -3,8 +3,8 @@
 //! A [`ConnectionSlot`] opens its connection on first use, to a target picked at random (what
 //! kube-proxy does for each new connection), and re-opens it, to a new random pick, after the
 //! server closed it, a request on it failed or timed out. With `--disable-keepalive` every
-//! request says `Connection: close` and the slot opens a new connection for the next one. One request at a time per connection:
-//! HTTP/1.1 without pipelining, as browsers, wrk and k6 do.
+//! request says `Connection: close` and the slot opens a new connection for the next one. One
+//! request at a time per connection: HTTP/1.1 without pipelining, as browsers, wrk and k6 do.
 //!
 //! The slot belongs to one worker, so a request takes no pool lock or semaphore; hyper's
 //! connection state machine runs in a task of its own. (Driving it inside the worker's task
