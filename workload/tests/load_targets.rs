@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::load::{read_report, run_generator, temp_report};
+use support::load::{read_report, run_generator, temp_report, Load};
 use support::stub_servers::{start, Behavior};
 use support::{free_port, serial};
 
@@ -66,31 +66,17 @@ fn two_targets_share_fifty_connections() {
 #[test]
 fn disable_keepalive_opens_a_connection_per_request() {
     let _serial = serial();
-    let run = |extra: &[&str], name: &str| {
+    let run = |keep_alive: bool| {
         let server = start(Behavior::Fast);
-        let path = temp_report(name);
-        let url = server.url();
-        let mut args = vec![
-            "load",
-            "--target",
-            &url,
-            "--model",
-            "closed",
-            "--concurrency",
-            "4",
-            "--warmup",
-            "0s",
-            "--duration",
-            "1s",
-            "--report",
-            path.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let output = run_generator(&args, Duration::from_secs(30));
-        assert!(output.status.success(), "{output:?}");
-        (read_report(&path), server)
+        let load = Load::closed(&server.url(), "/", 4).duration(Duration::from_secs(1));
+        let load = if keep_alive {
+            load
+        } else {
+            load.new_connection_per_request()
+        };
+        (load.run(), server)
     };
-    let (report, server) = run(&["--disable-keepalive"], "no-keepalive.json");
+    let (report, server) = run(false);
     let s = &report.summary;
     assert_eq!(
         s.errors.total(),
@@ -106,7 +92,7 @@ fn disable_keepalive_opens_a_connection_per_request() {
     );
     assert!(!report.generator.keep_alive);
 
-    let (report, server) = run(&[], "keepalive.json");
+    let (report, server) = run(true);
     assert!(report.generator.keep_alive);
     assert!(report.summary.ok >= 100);
     assert_eq!(

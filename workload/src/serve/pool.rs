@@ -76,6 +76,17 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    /// A pool of `capacity` with its busy and queued gauges, for the tests to read.
+    fn pool_with_gauges(capacity: usize) -> (BoundedPool, IntGauge, IntGauge) {
+        let busy = IntGauge::new("busy", "busy").unwrap();
+        let queued = IntGauge::new("queued", "queued").unwrap();
+        (
+            BoundedPool::new(capacity, busy.clone(), queued.clone()),
+            busy,
+            queued,
+        )
+    }
+
     /// The busy gauge must never read above the capacity, even for an instant: a job that has
     /// given back its slot but not yet left the gauge would let the next job count twice.
     /// Many jobs of no work on one slot make the hand-over happen thousands of times.
@@ -87,9 +98,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let busy = IntGauge::new("busy", "busy").unwrap();
-            let queued = IntGauge::new("queued", "queued").unwrap();
-            let pool = BoundedPool::new(1, busy.clone(), queued.clone());
+            let (pool, busy, _queued) = pool_with_gauges(1);
             let max_seen = Arc::new(AtomicUsize::new(0));
             let jobs: Vec<_> = (0..20_000)
                 .map(|_| {
@@ -117,9 +126,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let busy = IntGauge::new("busy", "busy").unwrap();
-            let queued = IntGauge::new("queued", "queued").unwrap();
-            let pool = BoundedPool::new(2, busy.clone(), queued.clone());
+            let (pool, busy, queued) = pool_with_gauges(2);
             let inside = Arc::new(AtomicUsize::new(0));
             let max_inside = Arc::new(AtomicUsize::new(0));
             let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
