@@ -223,6 +223,50 @@ fn request_overhead_is_cpu_on_the_loop_for_every_request() {
     assert!((130.0..=210.0).contains(&rps), "{rps:.1} req/s");
 }
 
+/// Event-loop mode spends a third of the request overhead after the answer, as Node does: a
+/// request that finds the loop idle is answered after two thirds of it, but the loop stays busy
+/// for the rest, so back-to-back requests on one connection still pay all of it each.
+#[test]
+fn event_loop_answers_before_the_last_third_of_the_request_overhead() {
+    let _serial = serial();
+    let server = Server::start(&[
+        ("LOOPSCALE_MODE", "event-loop"),
+        ("LOOPSCALE_REQUEST_OVERHEAD_US", "30000"),
+    ]);
+    // 5 a second, 200 ms apart: each request finds the loop idle.
+    let spaced = Load::open(&server.url(), "/hello", 5.0)
+        .duration(ms(2000))
+        .run();
+    // One loop, each request sent when the previous answer arrives.
+    let back_to_back = Load::closed(&server.url(), "/hello", 1)
+        .duration(ms(2000))
+        .run();
+    let spaced_p50 = spaced.summary.latency_ms.p50;
+    let chained_p50 = back_to_back.summary.latency_ms.p50;
+    let chained_rps = back_to_back.summary.throughput_rps;
+    println!(
+        "30 ms overhead: spaced /hello p50 {spaced_p50:.1} ms; back to back p50 {chained_p50:.1} ms, {chained_rps:.1} req/s"
+    );
+    assert_all_ok(&spaced);
+    assert_all_ok(&back_to_back);
+    // The next request waits for the last third: 30 ms of loop CPU per request in all.
+    assert!(
+        (29.5..40.0).contains(&chained_p50),
+        "back-to-back p50 {chained_p50:.1} ms"
+    );
+    assert!(
+        (24.0..=34.0).contains(&chained_rps),
+        "back to back {chained_rps:.1} req/s"
+    );
+    // An idle loop answers after two thirds of it (all of it before the answer: a ratio of 1;
+    // 0.71-0.73 measured in the debug build).
+    let share_before = spaced_p50 / chained_p50;
+    assert!(
+        (0.55..0.85).contains(&share_before),
+        "spaced p50 {spaced_p50:.1} ms is {share_before:.2} of back-to-back {chained_p50:.1} ms"
+    );
+}
+
 #[test]
 fn resume_overhead_is_charged_each_time_a_handler_resumes_and_only_then() {
     let _serial = serial();

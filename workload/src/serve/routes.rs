@@ -9,9 +9,10 @@
 //! | `/mixed?io_ms=&cpu_ms=` | timer, then CPU on the loop | timer, then CPU as `/cpu` |
 //! | `/offload?ms=` | libuv pool (crypto/zlib/fs) | pool, GIL released (C code such as hashlib) |
 //!
-//! Every workload route first spends `LOOPSCALE_REQUEST_OVERHEAD_US` of CPU on the loop (holding
-//! the GIL in thread-pool mode even when that is 0 µs: the loop thread runs Python for each
-//! request). Probes and `/metrics` skip it so that observing does not perturb the measurement.
+//! Every workload route spends `LOOPSCALE_REQUEST_OVERHEAD_US` of CPU on the loop: before the
+//! route in thread-pool mode (holding the GIL even when that is 0 µs: the loop thread runs Python
+//! for each request), two thirds before and a third after the answer in event-loop mode, as Node.
+//! Probes and `/metrics` skip it so that observing does not perturb the measurement.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -297,6 +298,17 @@ fn resumed(s: &AppState) {
 /// `workload/reference/experiments/read_callback_share.py`).
 pub const READ_CALLBACK_SHARE: f64 = 0.12;
 
+/// The share of the per-request overhead Node spends after the answer is written (the response's
+/// `finish`, the parser made ready for the connection's next request, the handler's closures
+/// collected): off the client's critical path, but the loop is still busy with it when the next
+/// request arrives. Measured on the reference Express server (`perf trace` of its loop thread
+/// under closed-loop `/hello` at 1 in flight, medians over 6,600-8,700 requests per run, three
+/// runs): 160-163 µs from the request's `read` to the answer's `writev`, then 80-81 µs to the
+/// loop's next `epoll_pwait` (100 and 50 under a busier machine); the emulation's own part of that
+/// is 18 and 11 µs, so (80 - 11) / (243 - 29) = 32% of the overhead comes after the answer.
+/// `workload/reference/experiments/after_answer_share.py` reproduces it.
+pub const EVENT_LOOP_AFTER_ANSWER_SHARE: f64 = 1.0 / 3.0;
+
 /// The per-request framework cost on the loop.
 ///
 /// Thread-pool mode runs it as uvloop does, in two loop callbacks, each its own GIL section: the
@@ -304,7 +316,10 @@ pub const READ_CALLBACK_SHARE: f64 = 0.12;
 /// a yield that ends the poll and so drops the GIL, the task step that runs the route and writes
 /// the answer. Under a GIL convoy each callback may wait a switch interval, which is why the
 /// number of callbacks matters more than their length. Node parses and calls the handler from one
-/// socket callback, so event-loop mode spends it in one piece.
+/// socket callback, so event-loop mode spends it in one piece before the answer, apart from the
+/// [`EVENT_LOOP_AFTER_ANSWER_SHARE`] it spends after it. (Thread-pool mode keeps all of it before
+/// the answer: uvicorn does some after too, but modelling that as a third GIL section made the
+/// convoy less like FastAPI's; see `workload/reference/README.md`.)
 async fn request_overhead(State(s): Shared, req: Request, next: Next) -> Response {
     let overhead = s.config.request_overhead;
     match s.config.mode {
@@ -314,7 +329,17 @@ async fn request_overhead(State(s): Shared, req: Request, next: Next) -> Respons
             tokio::task::yield_now().await;
             loop_work(&s, overhead.saturating_sub(read));
         }
-        Mode::EventLoop => loop_work(&s, overhead),
+        Mode::EventLoop => {
+            let after = overhead.mul_f64(EVENT_LOOP_AFTER_ANSWER_SHARE);
+            loop_work(&s, overhead.saturating_sub(after));
+            let response = next.run(req).await;
+            if !after.is_zero() {
+                // A task of its own runs once this connection's poll has written the answer and
+                // yielded, and before the loop polls for I/O again: after the answer, as Node.
+                tokio::spawn(async move { loop_work(&s, after) });
+            }
+            return response;
+        }
     }
     next.run(req).await
 }
