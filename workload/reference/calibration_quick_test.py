@@ -72,6 +72,15 @@ def main(argv: list[str]) -> int:
                         isinstance(value, (int, float)) and value > 0,
                         f"got {value!r}",
                     )
+        least = result.get("proposal_costs", {})
+        for impl in rs.IMPLEMENTATIONS:
+            for scenario in cal.COST_SCENARIOS:
+                value = least.get(impl, {}).get(scenario.name, {}).get("loop_cpu_us_per_request")
+                check(
+                    f"{impl} {scenario.name} least loop cost for the proposal",
+                    isinstance(value, (int, float)) and value > 0,
+                    f"got {value!r}",
+                )
         measurements = result.get("measurements", {})
         for impl in rs.IMPLEMENTATIONS:
             runs = measurements.get(impl, {})

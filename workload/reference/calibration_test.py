@@ -98,6 +98,35 @@ class Proposal(unittest.TestCase):
         self.assertEqual(cal.propose_overheads(dearer, own)["request_us"], 220)
         self.assertEqual(cal.own_costs({}, used), {})
 
+    def test_the_second_proposal_takes_out_the_own_cost_the_emulation_had_with_the_first(self) -> None:
+        # Step 1: real /hello 200 us, the emulation at zero 20: propose 180 (resume 92, connection
+        # 85). Step 1b: with those, the emulation's own part of every scenario grew by 30 us
+        # (/hello 50 + 180, /io 58 + 180 + 92, a new connection 75 + 180 + 85); the real runtime
+        # cost the same again.
+        real = self.costs(200.0, 300.0, 310.0)
+        first = cal.propose_overheads(real, self.costs(20.0, 28.0, 45.0))
+        at_first = self.costs(230.0, 330.0, 340.0)
+        second = cal.propose_overheads(real, cal.own_costs(at_first, first))
+        # The request overhead comes down by the 30 us; the differences stay.
+        self.assertEqual(second, {"request_us": 150, "resume_us": 92, "connection_us": 85})
+
+    def test_given_overheads_win_and_unmeasured_ones_are_zero(self) -> None:
+        proposal = {
+            "event-loop": {"request_us": 150, "resume_us": None, "connection_us": 90},
+            "thread-pool": {"request_us": 140, "resume_us": 50, "connection_us": 80},
+        }
+        given = {
+            "event-loop": {"request_us": None, "resume_us": None, "connection_us": 0},
+            "thread-pool": {"request_us": 200, "resume_us": None, "connection_us": None},
+        }
+        self.assertEqual(
+            cal.with_given(proposal, given),
+            {
+                "event-loop": {"request_us": 150, "resume_us": 0, "connection_us": 0},
+                "thread-pool": {"request_us": 200, "resume_us": 50, "connection_us": 80},
+            },
+        )
+
     def test_environment_of_the_emulation(self) -> None:
         env = cal.overhead_env({"request_us": 180, "resume_us": None, "connection_us": 85})
         self.assertEqual(
@@ -194,6 +223,41 @@ class Costs(unittest.TestCase):
             {cal.REQUEST_SCENARIO, cal.RESUME_SCENARIO, cal.CONNECTION_SCENARIO} <= {s.name for s in cal.COST_SCENARIOS}
         )
         self.assertIn("hello_alone", {s.name for s in cal.CPU_SCENARIOS})
+
+
+class LeastCosts(unittest.TestCase):
+    def test_the_least_loop_cost_over_the_repetitions_of_each_cpu_sampled_scenario(self) -> None:
+        results = {
+            "express": {
+                # 150, 75 (the least) and 100 us per request on the loop thread.
+                "hello_cost": [
+                    measurement("hello_cost", 1.0, cpu=0.3, ok=1000),
+                    measurement("hello_cost", 1.0, cpu=0.3, ok=2000),
+                    measurement("hello_cost", 1.0, cpu=0.4, ok=2000),
+                ],
+                # Not CPU-sampled: absent.
+                "cpu_p1": [measurement("cpu_p1", 95.0, cpu=0.9, ok=380)],
+                # CPU-sampled, but no sample in any repetition: absent, not None.
+                "io_cost": [measurement("io_cost", 3000.0)],
+            }
+        }
+        least = cal.least_costs(results)
+        self.assertEqual(set(least["express"]), {"hello_cost"})
+        self.assertAlmostEqual(least["express"]["hello_cost"]["loop_cpu_us_per_request"], 75.0)
+
+    def test_the_least_ignores_disturbed_repetitions_that_the_median_follows(self) -> None:
+        def runs(*loop_us: float) -> list:
+            return [measurement("hello_cost", 1.0, cpu=us * 2 / 1e6 * 1000, ok=1000) for us in loop_us]
+
+        quiet = {"express": {"hello_cost": runs(160, 161, 162)}, "emulated-event-loop": {"hello_cost": runs(12, 12, 13)}}
+        # Session 5's second run: two of three repetitions on a busier machine.
+        busy = {"express": {"hello_cost": runs(166.7, 199.8, 219.6)}, "emulated-event-loop": {"hello_cost": runs(11.5, 13.1, 13.4)}}
+        for results, expected in ((quiet, 148), (busy, 155)):
+            least = cal.least_costs(results)
+            proposal = cal.propose_overheads(least["express"], least["emulated-event-loop"])
+            self.assertEqual(proposal["request_us"], expected)
+        median = cal.costs_of(cal.summarise(busy))
+        self.assertEqual(cal.propose_overheads(median["express"], median["emulated-event-loop"])["request_us"], 187)
 
 
 class Medians(unittest.TestCase):
