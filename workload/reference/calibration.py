@@ -36,7 +36,9 @@ import reference_servers as rs
 
 CALIBRATION_VERSION = 4
 """4: overheads are proposed from the least loop CPU per request over the repetitions
-(`least_costs`; `proposal_costs` in the JSON), no longer from the median. 3: the overhead is three
+(`least_costs`), no longer from the median, and from a second cost step with the emulation at the
+first proposal (`zero_overhead_proposal_us`, `first_used_overhead_us`, `proposal_costs` in the
+JSON). 3: the overhead is three
 numbers per mode (request_us, resume_us, connection_us). 2: two numbers (request_us, resume_us);
 hello_slowdown_under_cpu is a ratio of means (1: one number, a ratio of p50s)."""
 TARGET_TOLERANCE = 0.25
