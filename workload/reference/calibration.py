@@ -38,9 +38,9 @@ CALIBRATION_VERSION = 4
 """4: overheads are proposed from the least loop CPU per request over the repetitions
 (`least_costs`), no longer from the median, and from a second cost step with the emulation at the
 first proposal (`zero_overhead_proposal_us`, `first_used_overhead_us`, `proposal_costs` in the
-JSON). 3: the overhead is three
-numbers per mode (request_us, resume_us, connection_us). 2: two numbers (request_us, resume_us);
-hello_slowdown_under_cpu is a ratio of means (1: one number, a ratio of p50s)."""
+JSON). 3: the overhead is three numbers per mode (request_us, resume_us, connection_us). 2: two
+numbers (request_us, resume_us); hello_slowdown_under_cpu is a ratio of means (1: one number, a
+ratio of p50s)."""
 TARGET_TOLERANCE = 0.25
 """Each shape metric of the emulation should be within +-25% of the real runtime's."""
 
@@ -283,6 +283,16 @@ def own_costs(emulated: dict[str, dict], used: dict[str, int | None]) -> dict[st
         if cost is not None:
             out[scenario] = {"loop_cpu_us_per_request": cost - sum(used.get(k) or 0 for k in keys)}
     return out
+
+
+def propose_per_mode(costs: dict[str, dict[str, dict]], used: dict[str, dict[str, int | None]]) -> dict[str, dict[str, int | None]]:
+    """The overheads of both modes from one cost step's costs ({implementation: {scenario:
+    {loop_cpu_us_per_request}}}), the emulation having run with `used` ({mode: overheads}; a mode
+    missing from it ran with none): the real runtime's costs against the emulation's own."""
+    return {
+        MODE_OF[emulated]: propose_overheads(costs[real], own_costs(costs[emulated], used.get(MODE_OF[emulated], {})))
+        for real, emulated in PAIRS
+    }
 
 
 def overhead_env(overhead: dict[str, int | None] | None) -> dict[str, str]:
@@ -942,39 +952,32 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
             for processes in (1, 2):
                 pool.start(impl, processes)
 
+        def cost_step(overheads: dict[str, dict] | None) -> dict[str, dict[str, list[Measurement]]]:
+            """The cost scenarios on the real runtimes and the emulation (1 process, started with
+            `overheads` for this step only)."""
+            for emulated in emulations:
+                pool.start(emulated, 1, overheads)
+            runs = measure(settings, pool, list(rs.IMPLEMENTATIONS), COST_SCENARIOS)
+            for emulated in emulations:
+                pool.stop(emulated, 1)
+            return runs
+
         # 1. The cost of one request: the real runtimes, and the emulation with no overhead.
         log(settings, "step 1: CPU cost per request (emulation with no overheads)")
-        for emulated in emulations:
-            pool.start(emulated, 1)
-        baseline_runs = measure(settings, pool, list(rs.IMPLEMENTATIONS), COST_SCENARIOS)
-        for emulated in emulations:
-            pool.stop(emulated, 1)
+        baseline_runs = cost_step(None)
         baseline_costs = costs_of(summarise(baseline_runs))
-        zero_costs = least_costs(baseline_runs)
-        first_proposal = {
-            MODE_OF[emulated]: propose_overheads(zero_costs[real], zero_costs[emulated]) for real, emulated in PAIRS
-        }
+        first_proposal = propose_per_mode(least_costs(baseline_runs), {})
         first_used = with_given(first_proposal, given)
         log(settings, f"proposed from the emulation at zero overhead (us): {first_proposal}")
 
         # 1b. The emulation's own cost (what it spends besides the overheads) is higher with the
-        # overheads than without them: 11-16 us per /hello at zero, 17-46 us with 150-190 us of
+        # overheads than without them: 11-19 us per /hello at zero, 17-46 us with 150-190 us of
         # request overhead (session 5 and 6 runs; why is not known). So step 1 overshoots by the
         # difference. Measure the emulation at step 1's proposal, with the real runtimes again
         # beside it, and propose from that.
         log(settings, "step 1b: CPU cost per request again (emulation with the first proposal)")
-        for emulated in emulations:
-            pool.start(emulated, 1, first_used)
-        refine_runs = measure(settings, pool, list(rs.IMPLEMENTATIONS), COST_SCENARIOS)
-        for emulated in emulations:
-            pool.stop(emulated, 1)
-        proposal_costs = least_costs(refine_runs)
-        proposal = {
-            MODE_OF[emulated]: propose_overheads(
-                proposal_costs[real], own_costs(proposal_costs[emulated], first_used[MODE_OF[emulated]])
-            )
-            for real, emulated in PAIRS
-        }
+        proposal_costs = least_costs(cost_step(first_used))
+        proposal = propose_per_mode(proposal_costs, first_used)
         used = with_given(proposal, given)
         log(settings, f"proposed overheads (us): {proposal}; using {used}")
 
@@ -994,11 +997,7 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
     # The same proposal from step 2's figures: where it differs much from step 1's, the real
     # runtimes' cost moved between the steps (a busier or slower machine), and the emulation's
     # fixed overheads no longer match them.
-    final_least = least_costs(final_runs)
-    reproposal = {
-        MODE_OF[emulated]: propose_overheads(final_least[real], own_costs(final_least[emulated], used[MODE_OF[emulated]]))
-        for real, emulated in PAIRS
-    }
+    reproposal = propose_per_mode(least_costs(final_runs), used)
     comparisons = compare(metrics)
     table = render_table(comparisons, costs, used)
 

@@ -302,10 +302,11 @@ pub const READ_CALLBACK_SHARE: f64 = 0.12;
 /// `finish`, the parser made ready for the connection's next request, the handler's closures
 /// collected): off the client's critical path, but the loop is still busy with it when the next
 /// request arrives. Measured on the reference Express server (`perf trace` of its loop thread
-/// under closed-loop `/hello` at 1 in flight, medians over 6,600-8,700 requests per run, three
+/// under closed-loop `/hello` at 1 in flight, medians over 6,600-9,600 requests per run, four
 /// runs): 160-163 µs from the request's `read` to the answer's `writev`, then 80-81 µs to the
-/// loop's next `epoll_pwait` (100 and 50 under a busier machine); the emulation's own part of that
-/// is 18 and 11 µs, so (80 - 11) / (243 - 29) = 32% of the overhead comes after the answer.
+/// loop's next `epoll_pwait` in two runs, 99-100 and 50 in the other two (a faster moment of the
+/// machine); the emulation's own part of that is 18 and 11 µs, so (80 - 11) / (243 - 29) = 32% of
+/// the overhead comes after the answer.
 /// `workload/reference/experiments/after_answer_share.py` reproduces it.
 pub const EVENT_LOOP_AFTER_ANSWER_SHARE: f64 = 1.0 / 3.0;
 
@@ -322,26 +323,27 @@ pub const EVENT_LOOP_AFTER_ANSWER_SHARE: f64 = 1.0 / 3.0;
 /// convoy less like FastAPI's; see `workload/reference/README.md`.)
 async fn request_overhead(State(s): Shared, req: Request, next: Next) -> Response {
     let overhead = s.config.request_overhead;
-    match s.config.mode {
+    let after_answer = match s.config.mode {
         Mode::ThreadPool => {
             let read = overhead.mul_f64(READ_CALLBACK_SHARE);
             loop_work(&s, read);
             tokio::task::yield_now().await;
             loop_work(&s, overhead.saturating_sub(read));
+            Duration::ZERO
         }
         Mode::EventLoop => {
             let after = overhead.mul_f64(EVENT_LOOP_AFTER_ANSWER_SHARE);
             loop_work(&s, overhead.saturating_sub(after));
-            let response = next.run(req).await;
-            if !after.is_zero() {
-                // A task of its own runs once this connection's poll has written the answer and
-                // yielded, and before the loop polls for I/O again: after the answer, as Node.
-                tokio::spawn(async move { loop_work(&s, after) });
-            }
-            return response;
+            after
         }
+    };
+    let response = next.run(req).await;
+    if !after_answer.is_zero() {
+        // A task of its own runs once this connection's poll has written the answer and yielded,
+        // and before the loop polls for I/O again: after the answer, as Node.
+        tokio::spawn(async move { loop_work(&s, after_answer) });
     }
-    next.run(req).await
+    response
 }
 
 /// Decrements the in-flight gauge even if the request is dropped midway.
