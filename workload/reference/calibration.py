@@ -34,8 +34,11 @@ from pathlib import Path
 
 import reference_servers as rs
 
-CALIBRATION_VERSION = 5
-"""5: the /io cost scenario (`io_cost`, which gives resume_us) is /io?ms=50 at 256 in flight (it
+CALIBRATION_VERSION = 6
+"""6: the resume and connection overheads come from the median ratio, within a repetition, of
+their scenario's cost to /hello's, scaled to /hello's least cost (`costs_for_proposal`), no
+longer from the difference of two least costs; the real runtimes' figures of steps 1 and 1b are
+pooled for the proposal. 5: the /io cost scenario (`io_cost`, which gives resume_us) is /io?ms=50 at 256 in flight (it
 was /io?ms=1 at 32, and a separate `io_high_concurrency` scenario gave the /io metric); the /io
 metric is `io_over_hello_throughput`, that scenario's throughput over /hello's, no longer the
 absolute `io_throughput_rps`; every metric is a ratio taken within each repetition, then the
@@ -744,10 +747,10 @@ def costs_of(summary: dict[str, dict[str, Measurement]]) -> dict[str, dict[str, 
 
 def least_costs(results: dict[str, dict[str, list[Measurement]]]) -> dict[str, dict[str, dict]]:
     """{implementation: {CPU-sampled scenario: {loop_cpu_us_per_request}}}, the least over the
-    repetitions: what the proposal is made from. A busy machine only adds CPU per request (other
-    tenants' threads share the cores' caches and execution units), and the emulation's overheads
-    are burnt as CPU time, which that does not stretch; so the least disturbed repetition is the
-    runtime's own cost. Session 5's two runs with medians proposed 149 and 187 us for the
+    repetitions: /hello's sets the scale the proposal is made at (`costs_for_proposal`). A busy
+    machine only adds CPU per request (other tenants' threads share the cores' caches and
+    execution units), and the emulation's overheads are burnt as CPU time, which that does not
+    stretch; so the least disturbed repetition is the runtime's own cost. Session 5's two runs with medians proposed 149 and 187 us for the
     event-loop request overhead in step 1 and 160 and 152 from step 2's figures; the least gives
     147, 148, 155 and 149 from the same runs. Scenarios without a sample are left out."""
     out: dict[str, dict[str, dict]] = {}
@@ -758,6 +761,43 @@ def least_costs(results: dict[str, dict[str, list[Measurement]]]) -> dict[str, d
             values = [r.loop_cpu_us_per_request for r in runs if r.loop_cpu_us_per_request is not None]
             if name in cpu_sampled and values:
                 out[impl][name] = {"loop_cpu_us_per_request": min(values)}
+    return out
+
+
+def costs_for_proposal(results: dict[str, dict[str, list[Measurement]]]) -> dict[str, dict[str, dict]]:
+    """What the overheads are proposed from ({implementation: {cost scenario: {loop_cpu_us_per_request}}}):
+    /hello's least loop CPU per request over the repetitions (`least_costs`), and each other cost
+    scenario as that times its median ratio to /hello within a repetition (the two ran back to
+    back on one server). The least of /io and the least of /hello came from different repetitions,
+    and their difference moved with the machine: resume overheads of 13 then 107 us (event-loop)
+    and 99 then 236 (thread-pool) in session 7's two runs, while the real /io over /hello barely
+    moved. The ratio within a repetition follows the runtime, not the machine. Scenarios without
+    a sample are left out."""
+    least = least_costs(results)
+    out: dict[str, dict[str, dict]] = {}
+    for impl, by in results.items():
+        hello = least.get(impl, {}).get(REQUEST_SCENARIO, {}).get("loop_cpu_us_per_request")
+        if hello is None:
+            continue
+        out[impl] = {REQUEST_SCENARIO: {"loop_cpu_us_per_request": hello}}
+        for scenario in (RESUME_SCENARIO, CONNECTION_SCENARIO):
+            pairs = zip(by.get(scenario, []), by.get(REQUEST_SCENARIO, []))
+            ratios = [
+                r for r in (safe_ratio(m.loop_cpu_us_per_request, h.loop_cpu_us_per_request) for m, h in pairs) if r is not None
+            ]
+            if ratios:
+                out[impl][scenario] = {"loop_cpu_us_per_request": statistics.median(ratios) * hello}
+    return out
+
+
+def pooled(*steps: dict[str, dict[str, list[Measurement]]]) -> dict[str, dict[str, list[Measurement]]]:
+    """The repetitions of several steps together ({implementation: {scenario: runs}}), each step's
+    in order, so the i-th run of two scenarios of one step stay paired."""
+    out: dict[str, dict[str, list[Measurement]]] = {}
+    for step in steps:
+        for impl, by in step.items():
+            for name, runs in by.items():
+                out.setdefault(impl, {}).setdefault(name, []).extend(runs)
     return out
 
 
@@ -990,7 +1030,7 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
         log(settings, "step 1: CPU cost per request (emulation with no overheads)")
         baseline_runs = cost_step(None)
         baseline_costs = costs_of(summarise(baseline_runs))
-        first_proposal = propose_per_mode(least_costs(baseline_runs), {})
+        first_proposal = propose_per_mode(costs_for_proposal(baseline_runs), {})
         first_used = with_given(first_proposal, given)
         log(settings, f"proposed from the emulation at zero overhead (us): {first_proposal}")
 
@@ -999,8 +1039,14 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
         # request overhead (session 5 and 6 runs; why is not known). So step 1 overshoots by the
         # difference. Measure the emulation at step 1's proposal, with the real runtimes again
         # beside it, and propose from that.
+        # The real runtimes' figures do not depend on the emulation's overheads: steps 1 and 1b
+        # together give them twice the repetitions.
         log(settings, "step 1b: CPU cost per request again (emulation with the first proposal)")
-        proposal_costs = least_costs(cost_step(first_used))
+        second_runs = cost_step(first_used)
+        proposal_costs = costs_for_proposal(
+            {**pooled({r: baseline_runs[r] for r in reals}, {r: second_runs[r] for r in reals}),
+             **{e: second_runs[e] for e in emulations}}
+        )
         proposal = propose_per_mode(proposal_costs, first_used)
         used = with_given(proposal, given)
         log(settings, f"proposed overheads (us): {proposal}; using {used}")
@@ -1021,7 +1067,7 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
     # The same proposal from step 2's figures: where it differs much from step 1's, the real
     # runtimes' cost moved between the steps (a busier or slower machine), and the emulation's
     # fixed overheads no longer match them.
-    reproposal = propose_per_mode(least_costs(final_runs), used)
+    reproposal = propose_per_mode(costs_for_proposal(final_runs), used)
     comparisons = compare(metrics)
     table = render_table(comparisons, costs, used)
 

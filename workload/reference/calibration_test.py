@@ -280,6 +280,50 @@ class LeastCosts(unittest.TestCase):
         self.assertEqual(cal.propose_overheads(median["express"], median["emulated-event-loop"])["request_us"], 187)
 
 
+class CostsForProposal(unittest.TestCase):
+    @staticmethod
+    def runs(scenario: str, *loop_us: float) -> list:
+        return [measurement(scenario, 1.0, cpu=us * 2 / 1e6 * 1000, ok=1000) for us in loop_us]
+
+    def test_premiums_are_ratios_within_a_repetition_scaled_to_the_least_hello(self) -> None:
+        # /hello 200, 260, 240 us; /io 500 (a disturbed repetition), 325, 300: ratios 2.5, 1.25,
+        # 1.25. The least of each (300 - 200) says /io costs 100 us more; within a repetition it
+        # costs 25% more, 50 us at the least /hello.
+        results = {
+            "fastapi": {
+                "hello_cost": self.runs("hello_cost", 200, 260, 240),
+                "io_cost": self.runs("io_cost", 500, 325, 300),
+                "connection_cost": self.runs("connection_cost", 300, 390, 360),
+                "cpu_p1": [measurement("cpu_p1", 95.0)],
+            },
+            "emulated-thread-pool": {
+                "hello_cost": self.runs("hello_cost", 20, 21, 20),
+                "io_cost": self.runs("io_cost", 30, 31, 30),
+                "connection_cost": self.runs("connection_cost", 45, 46, 45),
+            },
+        }
+        costs = cal.costs_for_proposal(results)
+        self.assertEqual(set(costs["fastapi"]), {"hello_cost", "io_cost", "connection_cost"})
+        self.assertAlmostEqual(costs["fastapi"]["hello_cost"]["loop_cpu_us_per_request"], 200.0)
+        self.assertAlmostEqual(costs["fastapi"]["io_cost"]["loop_cpu_us_per_request"], 250.0)
+        self.assertAlmostEqual(costs["fastapi"]["connection_cost"]["loop_cpu_us_per_request"], 300.0)
+        proposal = cal.propose_per_mode(costs | {"express": {}, "emulated-event-loop": {}}, {})["thread-pool"]
+        # request 200 - 20; resume (250 - 200) - (30 - 20); connection (300 - 200) - (45 - 20).
+        self.assertEqual(proposal, {"request_us": 180, "resume_us": 40, "connection_us": 75})
+        least = cal.least_costs(results)
+        self.assertEqual(cal.propose_overheads(least["fastapi"], least["emulated-thread-pool"])["resume_us"], 90)
+
+    def test_pooled_steps_keep_each_repetition_paired(self) -> None:
+        step1 = {"express": {"hello_cost": self.runs("hello_cost", 300, 310), "io_cost": self.runs("io_cost", 360, 372)}}
+        step1b = {"express": {"hello_cost": self.runs("hello_cost", 200), "io_cost": self.runs("io_cost", 240)}}
+        both = cal.pooled(step1, step1b)
+        self.assertEqual(len(both["express"]["io_cost"]), 3)
+        costs = cal.costs_for_proposal(both)["express"]
+        self.assertAlmostEqual(costs["hello_cost"]["loop_cpu_us_per_request"], 200.0)
+        self.assertAlmostEqual(costs["io_cost"]["loop_cpu_us_per_request"], 240.0)
+        self.assertNotIn("connection_cost", costs)
+
+
 class Medians(unittest.TestCase):
     def test_median_per_field(self) -> None:
         runs = [
