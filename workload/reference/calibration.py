@@ -35,19 +35,19 @@ from pathlib import Path
 import reference_servers as rs
 
 CALIBRATION_VERSION = 6
-"""6: the resume and connection overheads come from the median ratio, within a repetition, of
-their scenario's cost to /hello's, scaled to /hello's least cost (`costs_for_proposal`), no
-longer from the difference of two least costs; the real runtimes' figures of steps 1 and 1b are
-pooled for the proposal. 5: the /io cost scenario (`io_cost`, which gives resume_us) is /io?ms=50 at 256 in flight (it
-was /io?ms=1 at 32, and a separate `io_high_concurrency` scenario gave the /io metric); the /io
+"""6: the resume and connection overheads come from the median ratio, within a repetition, of their
+scenario's cost to /hello's, scaled to /hello's least cost (`costs_for_proposal`), no longer from
+the difference of two least costs; the real runtimes' figures of steps 1 and 1b are pooled for the
+proposal. 5: the /io cost scenario (`io_cost`, which gives resume_us) is /io?ms=50 at 256 in flight
+(it was /io?ms=1 at 32, and a separate `io_high_concurrency` scenario gave the /io metric); the /io
 metric is `io_over_hello_throughput`, that scenario's throughput over /hello's, no longer the
-absolute `io_throughput_rps`; every metric is a ratio taken within each repetition, then the
-median (it was the ratio of the medians). 4: overheads are proposed from the least loop
-CPU per request over the repetitions (`least_costs`), no longer from the median, and from a
-second cost step with the emulation at the first proposal (`zero_overhead_proposal_us`,
-`first_used_overhead_us`, `proposal_costs` in the JSON). 3: the overhead is three numbers per mode (request_us, resume_us, connection_us). 2: two
-numbers (request_us, resume_us); hello_slowdown_under_cpu is a ratio of means (1: one number, a
-ratio of p50s)."""
+absolute `io_throughput_rps`; every metric is a ratio taken within each repetition, then the median
+(it was the ratio of the medians). 4: overheads are proposed from the least loop CPU per request
+over the repetitions (`least_costs`), no longer from the median, and from a second cost step with
+the emulation at the first proposal (`zero_overhead_proposal_us`, `first_used_overhead_us`,
+`proposal_costs` in the JSON). 3: the overhead is three numbers per mode (request_us, resume_us,
+connection_us). 2: two numbers (request_us, resume_us); hello_slowdown_under_cpu is a ratio of
+means (1: one number, a ratio of p50s)."""
 TARGET_TOLERANCE = 0.25
 """Each shape metric of the emulation should be within +-25% of the real runtime's."""
 
@@ -134,7 +134,9 @@ ratio's two sides, and the four implementations, alike."""
 SHAPE_METRICS = {
     "cpu_scaling_2p_over_1p": "throughput of /cpu with 2 processes / with 1",
     "hello_slowdown_under_cpu": "mean latency of /hello while /cpu runs (4 in flight) / mean of /hello alone",
-    "io_over_hello_throughput": f"throughput of /io?ms={IO_MS} at {IO_CONCURRENCY} in flight / of /hello at {COST_CONCURRENCY} in flight, 1 process",
+    "io_over_hello_throughput": (
+        f"throughput of /io?ms={IO_MS} at {IO_CONCURRENCY} in flight / of /hello at {COST_CONCURRENCY} in flight, 1 process"
+    ),
     "cpu_inline_over_cpu": "throughput of /cpu-inline / of /cpu, 1 process",
 }
 """The shape metrics compared, with what each one is. All four are ratios of two scenarios that
@@ -748,11 +750,12 @@ def costs_of(summary: dict[str, dict[str, Measurement]]) -> dict[str, dict[str, 
 def least_costs(results: dict[str, dict[str, list[Measurement]]]) -> dict[str, dict[str, dict]]:
     """{implementation: {CPU-sampled scenario: {loop_cpu_us_per_request}}}, the least over the
     repetitions: /hello's sets the scale the proposal is made at (`costs_for_proposal`). A busy
-    machine only adds CPU per request (other tenants' threads share the cores' caches and
-    execution units), and the emulation's overheads are burnt as CPU time, which that does not
-    stretch; so the least disturbed repetition is the runtime's own cost. Session 5's two runs with medians proposed 149 and 187 us for the
-    event-loop request overhead in step 1 and 160 and 152 from step 2's figures; the least gives
-    147, 148, 155 and 149 from the same runs. Scenarios without a sample are left out."""
+    machine only adds CPU per request (other tenants' threads share the cores' caches and execution
+    units), and the emulation's overheads are burnt as CPU time, which that does not stretch; so
+    the least disturbed repetition is the runtime's own cost. Session 5's two runs with medians
+    proposed 149 and 187 us for the event-loop request overhead in step 1 and 160 and 152 from step
+    2's figures; the least gives 147, 148, 155 and 149 from the same runs. Scenarios without a
+    sample are left out."""
     out: dict[str, dict[str, dict]] = {}
     cpu_sampled = {s.name for s in CPU_SCENARIOS}
     for impl, by in results.items():
@@ -765,14 +768,14 @@ def least_costs(results: dict[str, dict[str, list[Measurement]]]) -> dict[str, d
 
 
 def costs_for_proposal(results: dict[str, dict[str, list[Measurement]]]) -> dict[str, dict[str, dict]]:
-    """What the overheads are proposed from ({implementation: {cost scenario: {loop_cpu_us_per_request}}}):
-    /hello's least loop CPU per request over the repetitions (`least_costs`), and each other cost
-    scenario as that times its median ratio to /hello within a repetition (the two ran back to
-    back on one server). The least of /io and the least of /hello came from different repetitions,
-    and their difference moved with the machine: resume overheads of 13 then 107 us (event-loop)
-    and 99 then 236 (thread-pool) in session 7's two runs, while the real /io over /hello barely
-    moved. The ratio within a repetition follows the runtime, not the machine. Scenarios without
-    a sample are left out."""
+    """What the overheads are proposed from ({implementation: {cost scenario:
+    {loop_cpu_us_per_request}}}): /hello's least loop CPU per request over the repetitions
+    (`least_costs`), and each other cost scenario as that times its median ratio to /hello within a
+    repetition (the two ran back to back on one server). The least of /io and the least of /hello
+    came from different repetitions, and their difference moved with the machine: resume overheads
+    of 13 then 107 us (event-loop) and 99 then 236 (thread-pool) in session 7's two runs, while the
+    real /io over /hello barely moved. The ratio within a repetition follows the runtime, not the
+    machine. Scenarios without a sample are left out."""
     least = least_costs(results)
     out: dict[str, dict[str, dict]] = {}
     for impl, by in results.items():
@@ -782,9 +785,8 @@ def costs_for_proposal(results: dict[str, dict[str, list[Measurement]]]) -> dict
         out[impl] = {REQUEST_SCENARIO: {"loop_cpu_us_per_request": hello}}
         for scenario in (RESUME_SCENARIO, CONNECTION_SCENARIO):
             pairs = zip(by.get(scenario, []), by.get(REQUEST_SCENARIO, []))
-            ratios = [
-                r for r in (safe_ratio(m.loop_cpu_us_per_request, h.loop_cpu_us_per_request) for m, h in pairs) if r is not None
-            ]
+            ratios = [safe_ratio(m.loop_cpu_us_per_request, h.loop_cpu_us_per_request) for m, h in pairs]
+            ratios = [r for r in ratios if r is not None]
             if ratios:
                 out[impl][scenario] = {"loop_cpu_us_per_request": statistics.median(ratios) * hello}
     return out
