@@ -226,6 +226,15 @@ def safe_ratio(numerator: float | None, denominator: float | None) -> float | No
     return numerator / denominator
 
 
+def median_ratio(numerators: list[Measurement], denominators: list[Measurement], value) -> float | None:
+    """The median over repetitions of `value(numerator) / value(denominator)`, the i-th run of
+    each paired (two scenarios run back to back on one server in each repetition); None if no
+    repetition gives a ratio."""
+    ratios = [safe_ratio(value(n), value(d)) for n, d in zip(numerators, denominators)]
+    ratios = [r for r in ratios if r is not None]
+    return statistics.median(ratios) if ratios else None
+
+
 def shape_metrics(runs: dict[str, list[Measurement]]) -> dict[str, float | None]:
     """The shape metrics of one implementation from its scenarios' repetitions ({scenario: [one
     Measurement per repetition, in order]}). Each is a ratio whose two sides ran back to back on
@@ -235,9 +244,7 @@ def shape_metrics(runs: dict[str, list[Measurement]]) -> dict[str, float | None]
     (burnt as CPU time), cancels out of each metric instead of deciding it."""
 
     def paired(numerator: str, denominator: str, value) -> float | None:
-        pairs = zip(runs.get(numerator, []), runs.get(denominator, []))
-        ratios = [r for r in (safe_ratio(value(n), value(d)) for n, d in pairs) if r is not None]
-        return statistics.median(ratios) if ratios else None
+        return median_ratio(runs.get(numerator, []), runs.get(denominator, []), value)
 
     def throughput(m: Measurement) -> float:
         return m.throughput_rps
@@ -784,11 +791,9 @@ def costs_for_proposal(results: dict[str, dict[str, list[Measurement]]]) -> dict
             continue
         out[impl] = {REQUEST_SCENARIO: {"loop_cpu_us_per_request": hello}}
         for scenario in (RESUME_SCENARIO, CONNECTION_SCENARIO):
-            pairs = zip(by.get(scenario, []), by.get(REQUEST_SCENARIO, []))
-            ratios = [safe_ratio(m.loop_cpu_us_per_request, h.loop_cpu_us_per_request) for m, h in pairs]
-            ratios = [r for r in ratios if r is not None]
-            if ratios:
-                out[impl][scenario] = {"loop_cpu_us_per_request": statistics.median(ratios) * hello}
+            ratio = median_ratio(by.get(scenario, []), by.get(REQUEST_SCENARIO, []), lambda m: m.loop_cpu_us_per_request)
+            if ratio is not None:
+                out[impl][scenario] = {"loop_cpu_us_per_request": ratio * hello}
     return out
 
 
@@ -1042,13 +1047,10 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
         # difference. Measure the emulation at step 1's proposal, with the real runtimes again
         # beside it, and propose from that.
         # The real runtimes' figures do not depend on the emulation's overheads: steps 1 and 1b
-        # together give them twice the repetitions.
+        # together give them twice the repetitions (the emulation's come from step 1b alone).
         log(settings, "step 1b: CPU cost per request again (emulation with the first proposal)")
         second_runs = cost_step(first_used)
-        proposal_costs = costs_for_proposal(
-            {**pooled({r: baseline_runs[r] for r in reals}, {r: second_runs[r] for r in reals}),
-             **{e: second_runs[e] for e in emulations}}
-        )
+        proposal_costs = costs_for_proposal(pooled({r: baseline_runs[r] for r in reals}, second_runs))
         proposal = propose_per_mode(proposal_costs, first_used)
         used = with_given(proposal, given)
         log(settings, f"proposed overheads (us): {proposal}; using {used}")
