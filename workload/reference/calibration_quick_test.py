@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
         check("writes its JSON", result.get("version") == cal.CALIBRATION_VERSION, f"version {result.get('version')}")
         metrics = result.get("shape_metrics", {})
         for impl in rs.IMPLEMENTATIONS:
-            for metric in cal.SHAPE_METRICS:
+            for metric in (*cal.SHAPE_METRICS, *cal.INFORMATION_METRICS):
                 value = metrics.get(impl, {}).get(metric)
                 check(
                     f"{impl} {metric} is a positive number",
@@ -62,6 +62,12 @@ def main(argv: list[str]) -> int:
             for key, _, _ in cal.OVERHEADS:
                 value = proposed.get(key)
                 check(f"proposes {key} for {mode}", isinstance(value, int) and value >= 0, f"got {value!r}")
+        block = result.get("experiment_overheads_yaml") or ""
+        check(
+            "gives the overheads as an Experiment's overheadsByMode block",
+            block.startswith("overheadsByMode:") and "eventLoop: {" in block and "threadPool: {" in block,
+            f"got {block!r}",
+        )
         costs = result.get("baseline_costs", {})
         for impl in rs.IMPLEMENTATIONS:
             for scenario in cal.COST_SCENARIOS:
@@ -91,7 +97,7 @@ def main(argv: list[str]) -> int:
                 f"scenarios {sorted(runs)}, with errors or nothing served: {bad}",
             )
         comparisons = result.get("comparisons", [])
-        complete = [c for c in comparisons if c.get("ratio") is not None]
+        complete = [c for c in comparisons if c.get("ratio") is not None and c.get("target")]
         check(
             "compares every metric of both pairs",
             len(complete) == len(cal.PAIRS) * len(cal.SHAPE_METRICS),

@@ -41,8 +41,37 @@ class ShapeMetrics(unittest.TestCase):
         self.assertAlmostEqual(m["cpu_scaling_2p_over_1p"], 1.9)
         self.assertAlmostEqual(m["cpu_inline_over_cpu"], 1.05)
         self.assertAlmostEqual(m["hello_slowdown_under_cpu"], 50.0)
+        self.assertAlmostEqual(m["hello_delay_under_cpu"], (12.5 - 0.25) / cal.CPU_MS)
         self.assertAlmostEqual(m["io_over_hello_throughput"], 0.82)
-        self.assertEqual(set(m), set(cal.SHAPE_METRICS))
+        self.assertEqual(set(m), set(cal.SHAPE_METRICS) | set(cal.INFORMATION_METRICS))
+
+    def test_the_added_latency_does_not_follow_the_cost_of_hello_alone(self) -> None:
+        # The real runtime's /hello alone costs 0.2 ms in one repetition and 0.35 in the next (the
+        # machine slowed), the convoy adds 6.5 ms in both; the emulation's /hello alone stays at
+        # 0.2 ms, as a burn of CPU time does, and its convoy adds 6.8 ms. The slowdown ratio
+        # compares 35 with 33.5 in the first repetition and with 19.6 in the second (1.32
+        # for the median); the added
+        # latency compares 0.68 with 0.65 in both.
+        def runs(alone_ms: list[float], under_ms: list[float]) -> dict:
+            return {
+                "hello_alone": [measurement("hello_alone", 1e3 / a, mean=a) for a in alone_ms],
+                "hello_under_cpu": [measurement("hello_under_cpu", 1e3 / u, mean=u) for u in under_ms],
+            }
+
+        metrics = {
+            "fastapi": cal.shape_metrics(runs([0.2, 0.35], [6.7, 6.85])),
+            "emulated-thread-pool": cal.shape_metrics(runs([0.2, 0.2], [7.0, 7.0])),
+        }
+        comparisons = {(c.real, c.metric): c for c in cal.compare(metrics)}
+        delay = comparisons[("fastapi", "hello_delay_under_cpu")]
+        self.assertAlmostEqual(delay.real_value, 0.65)
+        self.assertAlmostEqual(delay.ratio, 0.68 / 0.65)
+        self.assertTrue(delay.within_target)
+        slowdown = comparisons[("fastapi", "hello_slowdown_under_cpu")]
+        self.assertAlmostEqual(slowdown.real_value, (6.7 / 0.2 + 6.85 / 0.35) / 2)
+        self.assertGreater(slowdown.ratio, 1.25)
+        self.assertFalse(slowdown.target)
+        self.assertIsNone(slowdown.within_target)
 
     def test_each_ratio_is_taken_within_a_repetition_then_the_median(self) -> None:
         # The machine is half as fast in the second repetition: both sides of the ratio move, the
@@ -58,6 +87,7 @@ class ShapeMetrics(unittest.TestCase):
         m = cal.shape_metrics({"cpu_p2": [measurement("cpu_p2", 10.0)], "cpu_p1": [measurement("cpu_p1", 0.0)]})
         self.assertIsNone(m["cpu_scaling_2p_over_1p"])
         self.assertIsNone(m["hello_slowdown_under_cpu"])
+        self.assertIsNone(m["hello_delay_under_cpu"])
         self.assertIsNone(m["io_over_hello_throughput"])
 
 
@@ -159,6 +189,25 @@ class Proposal(unittest.TestCase):
         self.assertEqual(by_name[cal.CONNECTION_SCENARIO].path, by_name[cal.REQUEST_SCENARIO].path)
 
 
+class ExperimentSnippet(unittest.TestCase):
+    def test_each_mode_gets_its_overheads_as_experiment_fields(self) -> None:
+        yaml = cal.overheads_by_mode_yaml(
+            {
+                "event-loop": {"request_us": 160, "resume_us": 47, "connection_us": 158},
+                "thread-pool": {"request_us": 126, "resume_us": None, "connection_us": 79},
+            }
+        )
+        self.assertEqual(
+            yaml,
+            "overheadsByMode:\n"
+            "  eventLoop: {requestOverheadUs: 160, resumeOverheadUs: 47, connectionOverheadUs: 158}\n"
+            "  threadPool: {requestOverheadUs: 126, connectionOverheadUs: 79}",
+        )
+
+    def test_nothing_measured_gives_nothing_to_paste(self) -> None:
+        self.assertEqual(cal.overheads_by_mode_yaml({"event-loop": {"request_us": None}}), "")
+
+
 class Compare(unittest.TestCase):
     def metrics(self, real: float, emulated: float) -> dict:
         return {
@@ -177,7 +226,8 @@ class Compare(unittest.TestCase):
 
     def test_every_metric_of_both_pairs_and_none_when_missing(self) -> None:
         comparisons = cal.compare(self.metrics(2.0, 1.9))
-        self.assertEqual(len(comparisons), 2 * len(cal.SHAPE_METRICS))
+        self.assertEqual(len(comparisons), 2 * (len(cal.SHAPE_METRICS) + len(cal.INFORMATION_METRICS)))
+        self.assertEqual(sum(c.target for c in comparisons), 2 * len(cal.SHAPE_METRICS))
         missing = self.find(comparisons, "fastapi", "io_over_hello_throughput")
         self.assertIsNone(missing.ratio)
         self.assertIsNone(missing.within_target)
@@ -193,6 +243,8 @@ class Compare(unittest.TestCase):
         self.assertIn("| CPU us per /hello, 1 in flight, event-loop thread |", table)
         for metric in cal.SHAPE_METRICS:
             self.assertIn(f"| {metric} |", table)
+        for metric in cal.INFORMATION_METRICS:
+            self.assertIn(f"| {metric} (information, not a target) |", table)
         self.assertIn("0.50 OFF", table)
         self.assertIn("LOOPSCALE_REQUEST_OVERHEAD_US: event-loop = 60, thread-pool = -", table)
         self.assertIn("LOOPSCALE_RESUME_OVERHEAD_US: event-loop = 0, thread-pool = 90", table)
