@@ -196,6 +196,7 @@ impl std::fmt::Display for Implementation {
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || self.requestOverheadUs == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' per-request cost is real)").field_path(".requestOverheadUs"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || self.resumeOverheadUs == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' per-request cost is real)").field_path(".resumeOverheadUs"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || self.connectionOverheadUs == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' per-connection cost is real)").field_path(".connectionOverheadUs"))]
+#[x_kube(validation = Rule::new("self.implementation != 'reference' || !has(self.overheadsByMode)").message("must be unset when spec.workload.implementation is reference (the real frameworks' costs are real)").field_path(".overheadsByMode"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || !('thread-pool' in self.modes) || self.gil").message("must be true when spec.workload.implementation is reference with thread-pool mode (the FastAPI reference runs CPython 3.11, which has a GIL)").field_path(".gil"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || !('thread-pool' in self.modes) || !has(self.balancing) || self.balancing == 'shared-socket'").message("must be shared-socket (or unset) when spec.workload.implementation is reference with thread-pool mode (uvicorn --workers only shares its listening socket)").field_path(".balancing"))]
 pub struct WorkloadSpec {
@@ -239,6 +240,11 @@ pub struct WorkloadSpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 1_000_000))]
     pub connection_overhead_us: u32,
+    /// Per-mode values of `requestOverheadUs`, `resumeOverheadUs` and `connectionOverheadUs`:
+    /// `calibrate` proposes them per mode, since Express's costs are not FastAPI's, and one
+    /// Experiment compares both. A field set here replaces the workload-wide one for that mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overheads_by_mode: Option<OverheadsByMode>,
     /// How connections reach workers; unset means the mode's default (event-loop: round-robin,
     /// thread-pool: shared-socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +257,64 @@ pub struct WorkloadSpec {
     /// Kubernetes backend: resources of each workload pod; ignored by the local backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+}
+
+/// Per-mode framework costs of the emulation (`spec.workload.overheadsByMode`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OverheadsByMode {
+    /// Event-loop mode's overheads (Express's, as `calibrate` proposes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_loop: Option<ModeOverheads>,
+    /// Thread-pool mode's overheads (FastAPI's, as `calibrate` proposes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_pool: Option<ModeOverheads>,
+}
+
+/// One mode's framework costs, each in microseconds of loop CPU; an unset field keeps the
+/// workload-wide value.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModeOverheads {
+    /// Replaces `spec.workload.requestOverheadUs` for this mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub request_overhead_us: Option<u32>,
+    /// Replaces `spec.workload.resumeOverheadUs` for this mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub resume_overhead_us: Option<u32>,
+    /// Replaces `spec.workload.connectionOverheadUs` for this mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub connection_overhead_us: Option<u32>,
+}
+
+/// The emulation's three framework costs for one mode, in microseconds, as its pods get them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overheads {
+    pub request_us: u32,
+    pub resume_us: u32,
+    pub connection_us: u32,
+}
+
+impl WorkloadSpec {
+    /// The framework costs `mode` runs with: its `overheadsByMode` entry's fields where set, the
+    /// workload-wide fields otherwise.
+    pub fn overheads(&self, mode: Mode) -> Overheads {
+        let own = self.overheads_by_mode.as_ref().and_then(|by| match mode {
+            Mode::EventLoop => by.event_loop.as_ref(),
+            Mode::ThreadPool => by.thread_pool.as_ref(),
+        });
+        let own = own.cloned().unwrap_or_default();
+        Overheads {
+            request_us: own.request_overhead_us.unwrap_or(self.request_overhead_us),
+            resume_us: own.resume_overhead_us.unwrap_or(self.resume_overhead_us),
+            connection_us: own
+                .connection_overhead_us
+                .unwrap_or(self.connection_overhead_us),
+        }
+    }
 }
 
 fn default_thread_pool_size() -> u32 {

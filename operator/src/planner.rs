@@ -174,20 +174,21 @@ pub fn workload_env(spec: &ExperimentSpec, step: &StepKey) -> Vec<(String, Strin
         w.libuv_thread_pool_size.to_string(),
     );
     match (w.implementation, step.mode) {
-        (Implementation::Emulated, _) => {
+        (Implementation::Emulated, mode) => {
             env.extend(thread_pool);
             env.push(libuv);
+            let overheads = w.overheads(mode);
             env.push((
                 "LOOPSCALE_REQUEST_OVERHEAD_US".into(),
-                w.request_overhead_us.to_string(),
+                overheads.request_us.to_string(),
             ));
             env.push((
                 "LOOPSCALE_RESUME_OVERHEAD_US".into(),
-                w.resume_overhead_us.to_string(),
+                overheads.resume_us.to_string(),
             ));
             env.push((
                 "LOOPSCALE_CONNECTION_OVERHEAD_US".into(),
-                w.connection_overhead_us.to_string(),
+                overheads.connection_us.to_string(),
             ));
         }
         (Implementation::Reference, Mode::EventLoop) => env.push(libuv),
@@ -333,6 +334,85 @@ spec:
         assert_eq!(get("LOOPSCALE_GIL"), Some("true"));
         assert_eq!(get("LOOPSCALE_THREADPOOL_SIZE"), Some("40"));
         assert_eq!(get("LOOPSCALE_BALANCING"), None);
+    }
+
+    #[test]
+    fn each_mode_gets_its_own_overheads_where_set_and_the_workload_wide_ones_elsewhere() {
+        let yaml = r#"
+apiVersion: loopscale.dev/v1alpha1
+kind: Experiment
+metadata: {name: plan}
+spec:
+  workload:
+    modes: [event-loop, thread-pool]
+    requestOverheadUs: 100
+    resumeOverheadUs: 50
+    connectionOverheadUs: 80
+    overheadsByMode:
+      eventLoop: {requestOverheadUs: 160, resumeOverheadUs: 47, connectionOverheadUs: 158}
+      threadPool: {resumeOverheadUs: 146}
+  scenario: {route: cpu, cpuMillis: 10}
+  matrix: {processes: [1], replicas: [1]}
+  load: {model: closed, concurrency: 8}
+"#;
+        let s = validate_manifest(yaml).unwrap().spec;
+        let overheads = |mode| {
+            let env = workload_env(&s, &k(mode, 1, 1, 0));
+            let get = |name: &str| {
+                let value = env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                value.unwrap_or_else(|| panic!("{name} not set"))
+            };
+            [
+                get("LOOPSCALE_REQUEST_OVERHEAD_US"),
+                get("LOOPSCALE_RESUME_OVERHEAD_US"),
+                get("LOOPSCALE_CONNECTION_OVERHEAD_US"),
+            ]
+        };
+        assert_eq!(overheads(EventLoop), ["160", "47", "158"]);
+        assert_eq!(overheads(ThreadPool), ["100", "146", "80"]);
+        // Without the map both modes get the workload-wide values.
+        let mut wide = s.clone();
+        wide.workload.overheads_by_mode = None;
+        assert_eq!(
+            wide.workload.overheads(EventLoop),
+            wide.workload.overheads(ThreadPool)
+        );
+        assert_eq!(wide.workload.overheads(EventLoop).request_us, 100);
+    }
+
+    #[test]
+    fn the_latest_calibrations_overheads_paste_into_an_experiment() {
+        // `workload/reference/calibrate` writes the block to paste; the checked-in run's must
+        // validate and give each mode's pods the overheads that run measured the emulation with.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../workload/reference/calibration-latest.json"
+        );
+        let latest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let block = latest["experiment_overheads_yaml"].as_str().unwrap();
+        let indented: String = block.lines().map(|l| format!("    {l}\n")).collect();
+        let yaml = format!(
+            "apiVersion: loopscale.dev/v1alpha1\nkind: Experiment\nmetadata: {{name: calibrated}}\n\
+             spec:\n  workload:\n    modes: [event-loop, thread-pool]\n{indented}\
+             \x20 scenario: {{route: hello}}\n  matrix: {{processes: [1], replicas: [1]}}\n\
+             \x20 load: {{model: closed, concurrency: 8}}\n"
+        );
+        let s = validate_manifest(&yaml)
+            .unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+            .spec;
+        for mode in [EventLoop, ThreadPool] {
+            let used = &latest["used_overhead_us"][mode.as_str()];
+            let env = workload_env(&s, &k(mode, 1, 1, 0));
+            for (key, var) in [
+                ("request_us", "LOOPSCALE_REQUEST_OVERHEAD_US"),
+                ("resume_us", "LOOPSCALE_RESUME_OVERHEAD_US"),
+                ("connection_us", "LOOPSCALE_CONNECTION_OVERHEAD_US"),
+            ] {
+                let got = env.iter().find(|(k, _)| k == var).map(|(_, v)| v.as_str());
+                assert_eq!(got, Some(used[key].to_string().as_str()), "{mode} {var}");
+            }
+        }
     }
 
     #[test]

@@ -411,6 +411,10 @@ spec:
                 "connectionOverheadUs: 85",
                 "spec.workload.connectionOverheadUs",
             ),
+            (
+                "overheadsByMode: {threadPool: {requestOverheadUs: 126}}",
+                "spec.workload.overheadsByMode",
+            ),
             ("gil: false", "spec.workload.gil"),
             ("balancing: round-robin", "spec.workload.balancing"),
         ] {
@@ -431,9 +435,16 @@ spec:
         // The emulation honours every knob.
         let emulated = VALID.replace(
             "workload: {modes: [event-loop, thread-pool]}",
-            "workload: {modes: [event-loop, thread-pool], requestOverheadUs: 30, resumeOverheadUs: 90, connectionOverheadUs: 85, gil: false, balancing: round-robin}",
+            "workload: {modes: [event-loop, thread-pool], requestOverheadUs: 30, resumeOverheadUs: 90, connectionOverheadUs: 85, overheadsByMode: {eventLoop: {requestOverheadUs: 160}, threadPool: {resumeOverheadUs: 146}}, gil: false, balancing: round-robin}",
         );
         assert!(validate_manifest(&emulated).is_ok());
+        let out_of_range = emulated.replace("resumeOverheadUs: 146", "resumeOverheadUs: 1000001");
+        let v = violations(&out_of_range);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            v[0].field,
+            "spec.workload.overheadsByMode.threadPool.resumeOverheadUs"
+        );
     }
 
     #[test]
