@@ -32,10 +32,8 @@ when the next of cpu_p2's connections arrives and the emulation's is not
 loop-lag probe fires every 10 ms; not broken down further); the real runtimes' use none.
 """
 import json
-import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,29 +42,9 @@ from pathlib import Path
 REFERENCE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REFERENCE))
 import calibration as cal  # noqa: E402
+from server_cpu import cpu_us, server_pids  # noqa: E402
 
 WINDOW = 0.02
-
-
-def server_pids(supervisor: int) -> list[int]:
-    kids = subprocess.run(["pgrep", "-P", str(supervisor)], capture_output=True, text=True).stdout.split()
-    return [supervisor] + [int(k) for k in kids]
-
-
-def cpu_us(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except OSError:
-                pass
-    return total / 1000
 
 
 def window(pids: list[int], port: int | None) -> tuple[float, socket.socket | None]:

@@ -15,7 +15,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,31 +23,11 @@ from pathlib import Path
 REFERENCE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REFERENCE))
 import calibration as cal  # noqa: E402
+from server_cpu import cpu_us, server_pids  # noqa: E402
 
 GAPS = ((0.0, 3000), (0.001, 1000), (0.02, 150))
 """(seconds between an answer and the next request, requests)."""
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
-
-
-def server_pids(supervisor: int) -> list[int]:
-    kids = subprocess.run(["pgrep", "-P", str(supervisor)], capture_output=True, text=True).stdout.split()
-    return [supervisor] + [int(k) for k in kids]
-
-
-def cpu_us(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except OSError:
-                pass
-    return total / 1000
 
 
 def get(conn: socket.socket) -> None:
