@@ -276,9 +276,10 @@ def shape_metrics(runs: dict[str, list[Measurement]]) -> dict[str, float | None]
     """The shape metrics of one implementation from its scenarios' repetitions ({scenario: [one
     Measurement per repetition, in order]}). Each compares two scenarios that ran back to back on
     one server (SCENARIO_GROUPS), as a ratio or, for hello_delay_under_cpu, a difference; it is
-    taken within each repetition, then the median over the repetitions. So the machine's speed, which moves by up to a third between repetitions on a
-    shared machine and moves the real runtimes' CPU per request but not the emulation's overheads
-    (burnt as CPU time), cancels out of each metric instead of deciding it."""
+    taken within each repetition, then the median over the repetitions. So the machine's speed,
+    which moves by up to a third between repetitions on a shared machine and moves the real
+    runtimes' CPU per request but not the emulation's overheads (burnt as CPU time), cancels out
+    of each metric instead of deciding it."""
 
     def paired(numerator: str, denominator: str, value) -> float | None:
         return median_ratio(runs.get(numerator, []), runs.get(denominator, []), value)
@@ -291,7 +292,9 @@ def shape_metrics(runs: dict[str, list[Measurement]]) -> dict[str, float | None]
 
     return {
         "cpu_scaling_2p_over_1p": paired("cpu_p2", "cpu_p1", throughput),
-        "hello_delay_under_cpu": median_paired(runs.get("hello_under_cpu", []), runs.get("hello_alone", []), added_latency_in_jobs),
+        "hello_delay_under_cpu": median_paired(
+            runs.get("hello_under_cpu", []), runs.get("hello_alone", []), added_latency_in_jobs
+        ),
         "hello_slowdown_under_cpu": paired("hello_under_cpu", "hello_alone", mean),
         "io_over_hello_throughput": paired(RESUME_SCENARIO, REQUEST_SCENARIO, throughput),
         "cpu_inline_over_cpu": paired("cpu_inline_p1", "cpu_p1", throughput),
