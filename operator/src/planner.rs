@@ -231,6 +231,11 @@ spec:
         validate_manifest(&yaml).unwrap().spec
     }
 
+    /// The value `env` gives `name`, if any.
+    fn env_var<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
     fn k(mode: crate::crd::Mode, processes: u32, replicas: u32, repetition: u32) -> StepKey {
         StepKey {
             mode,
@@ -328,7 +333,7 @@ spec:
     fn workload_env_names_the_step_and_the_spec_settings() {
         let s = spec("");
         let env = workload_env(&s, &k(ThreadPool, 2, 3, 1));
-        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let get = |name: &str| env_var(&env, name);
         assert_eq!(get("LOOPSCALE_MODE"), Some("thread-pool"));
         assert_eq!(get("LOOPSCALE_PROCESSES"), Some("2"));
         assert_eq!(get("LOOPSCALE_GIL"), Some("true"));
@@ -358,15 +363,16 @@ spec:
         let s = validate_manifest(yaml).unwrap().spec;
         let overheads = |mode| {
             let env = workload_env(&s, &k(mode, 1, 1, 0));
-            let get = |name: &str| {
-                let value = env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-                value.unwrap_or_else(|| panic!("{name} not set"))
-            };
             [
-                get("LOOPSCALE_REQUEST_OVERHEAD_US"),
-                get("LOOPSCALE_RESUME_OVERHEAD_US"),
-                get("LOOPSCALE_CONNECTION_OVERHEAD_US"),
+                "LOOPSCALE_REQUEST_OVERHEAD_US",
+                "LOOPSCALE_RESUME_OVERHEAD_US",
+                "LOOPSCALE_CONNECTION_OVERHEAD_US",
             ]
+            .map(|name| {
+                env_var(&env, name)
+                    .unwrap_or_else(|| panic!("{name} not set"))
+                    .to_string()
+            })
         };
         assert_eq!(overheads(EventLoop), ["160", "47", "158"]);
         assert_eq!(overheads(ThreadPool), ["100", "146", "80"]);
@@ -392,12 +398,18 @@ spec:
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let block = latest["experiment_overheads_yaml"].as_str().unwrap();
         let indented: String = block.lines().map(|l| format!("    {l}\n")).collect();
-        let yaml = format!(
-            "apiVersion: loopscale.dev/v1alpha1\nkind: Experiment\nmetadata: {{name: calibrated}}\n\
-             spec:\n  workload:\n    modes: [event-loop, thread-pool]\n{indented}\
-             \x20 scenario: {{route: hello}}\n  matrix: {{processes: [1], replicas: [1]}}\n\
-             \x20 load: {{model: closed, concurrency: 8}}\n"
-        );
+        let yaml = r#"
+apiVersion: loopscale.dev/v1alpha1
+kind: Experiment
+metadata: {name: calibrated}
+spec:
+  workload:
+    modes: [event-loop, thread-pool]
+BLOCK  scenario: {route: hello}
+  matrix: {processes: [1], replicas: [1]}
+  load: {model: closed, concurrency: 8}
+"#
+        .replace("BLOCK", &indented);
         let s = validate_manifest(&yaml)
             .unwrap_or_else(|e| panic!("{e}\n{yaml}"))
             .spec;
@@ -409,8 +421,8 @@ spec:
                 ("resume_us", "LOOPSCALE_RESUME_OVERHEAD_US"),
                 ("connection_us", "LOOPSCALE_CONNECTION_OVERHEAD_US"),
             ] {
-                let got = env.iter().find(|(k, _)| k == var).map(|(_, v)| v.as_str());
-                assert_eq!(got, Some(used[key].to_string().as_str()), "{mode} {var}");
+                let want = used[key].to_string();
+                assert_eq!(env_var(&env, var), Some(want.as_str()), "{mode} {var}");
             }
         }
     }

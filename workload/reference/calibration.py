@@ -311,12 +311,13 @@ def propose_overhead_us(real_cpu_us: float | None, emulated_cpu_us_at_zero: floa
 
 
 OVERHEADS = (
-    ("request_us", "LOOPSCALE_REQUEST_OVERHEAD_US", "overhead"),
-    ("resume_us", "LOOPSCALE_RESUME_OVERHEAD_US", "resume"),
-    ("connection_us", "LOOPSCALE_CONNECTION_OVERHEAD_US", "connection"),
+    ("request_us", "LOOPSCALE_REQUEST_OVERHEAD_US", "overhead", "requestOverheadUs"),
+    ("resume_us", "LOOPSCALE_RESUME_OVERHEAD_US", "resume", "resumeOverheadUs"),
+    ("connection_us", "LOOPSCALE_CONNECTION_OVERHEAD_US", "connection", "connectionOverheadUs"),
 )
-"""Each overhead of a mode: its key in the JSON, the emulation's variable, and the prefix of its
-calibrate flag (--overhead-event-loop-us, --resume-thread-pool-us, ...)."""
+"""Each overhead of a mode: its key in the JSON, the emulation's variable, the prefix of its
+calibrate flag (--overhead-event-loop-us, --resume-thread-pool-us, ...) and its Experiment field
+(in `spec.workload.overheadsByMode.<mode>`)."""
 
 
 def propose_overheads(real: dict[str, dict], emulated_at_zero: dict[str, dict]) -> dict[str, int | None]:
@@ -375,7 +376,7 @@ def propose_per_mode(costs: dict[str, dict[str, dict]], used: dict[str, dict[str
 def overhead_env(overhead: dict[str, int | None] | None) -> dict[str, str]:
     """The emulation's environment for one mode's overheads (missing ones are 0)."""
     overhead = overhead or {}
-    return {env: str(overhead.get(key) or 0) for key, env, _ in OVERHEADS}
+    return {env: str(overhead.get(key) or 0) for key, env, _, _ in OVERHEADS}
 
 
 @dataclass
@@ -452,7 +453,7 @@ def render_table(comparisons: list[Comparison], costs: dict[str, dict], overhead
         lines.append(cost_row(f"CPU us per {what}, all threads and processes", scenario.name, "cpu_us_per_request"))
         lines.append(cost_row(f"req/s of {what}, 1 process", scenario.name, "throughput_rps"))
     lines.append("")
-    for key, env, _ in OVERHEADS:
+    for key, env, _, _ in OVERHEADS:
         lines.append(
             f"{env}: "
             + ", ".join(
@@ -463,23 +464,19 @@ def render_table(comparisons: list[Comparison], costs: dict[str, dict], overhead
     return "\n".join(lines)
 
 
-OVERHEAD_FIELDS = {"request_us": "requestOverheadUs", "resume_us": "resumeOverheadUs", "connection_us": "connectionOverheadUs"}
-"""The Experiment field (in `spec.workload.overheadsByMode.<mode>`) of each overhead."""
-
-
 def overheads_by_mode_yaml(overheads: dict[str, dict]) -> str:
     """The `overheadsByMode` block of an Experiment's `spec.workload` that gives each emulated
     mode these overheads ({mode: {request_us, resume_us, connection_us}}; a missing or None value
     is left out, so the Experiment's workload-wide field applies), for the user to paste."""
     lines = ["overheadsByMode:"]
-    for mode, key in (("event-loop", "eventLoop"), ("thread-pool", "threadPool")):
+    for mode, mode_field in (("event-loop", "eventLoop"), ("thread-pool", "threadPool")):
         fields = [
-            f"{field}: {overheads[mode][name]}"
-            for name, field in OVERHEAD_FIELDS.items()
-            if overheads.get(mode, {}).get(name) is not None
+            f"{field}: {overheads[mode][key]}"
+            for key, _, _, field in OVERHEADS
+            if overheads.get(mode, {}).get(key) is not None
         ]
         if fields:
-            lines.append(f"  {key}: {{{', '.join(fields)}}}")
+            lines.append(f"  {mode_field}: {{{', '.join(fields)}}}")
     return "\n".join(lines) if len(lines) > 1 else ""
 
 
@@ -926,7 +923,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", default="calibration.json", help="where to write the results (default calibration.json)")
     parser.add_argument("--workload-bin", help="the loopscale-workload binary (default: $LOOPSCALE_WORKLOAD_BIN, else target/release, built if missing)")
     for mode in MODES:
-        for _, env, flag in OVERHEADS:
+        for _, env, flag, _ in OVERHEADS:
             parser.add_argument(f"--{flag}-{mode}-us", type=int, help=f"use this {env} for {mode} mode instead of proposing one")
     parser.add_argument(
         "--nice",
@@ -944,7 +941,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.prime = args.prime if args.prime is not None else (2.0 if args.quick else 5.0)
     if args.duration <= 0 or args.warmup < 0 or args.repetitions < 1 or args.prime <= 0:
         parser.error("--duration and --prime must be > 0, --warmup >= 0 and --repetitions >= 1")
-    for name in [f"{flag}_{mode.replace('-', '_')}_us" for mode in MODES for _, _, flag in OVERHEADS]:
+    for name in [f"{flag}_{mode.replace('-', '_')}_us" for mode in MODES for _, _, flag, _ in OVERHEADS]:
         value = getattr(args, name)
         if value is not None and value < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
@@ -958,7 +955,7 @@ def run_gil_sweep_only(args: argparse.Namespace, settings: Settings) -> int:
     load_before = os.getloadavg()
     overhead = {
         "thread-pool": sweep_overheads(
-            {key: getattr(args, f"{flag}_thread_pool_us") for key, _, flag in OVERHEADS},
+            {key: getattr(args, f"{flag}_thread_pool_us") for key, _, flag, _ in OVERHEADS},
         )
     }
     with ServerPool(settings) as pool:
@@ -1023,7 +1020,7 @@ def sweep_overheads(given: dict[str, int | None], latest: Path = LATEST) -> dict
     if not isinstance(used, dict):
         used = {}
     return {
-        key: given.get(key) if given.get(key) is not None else int(used.get(key) or 0) for key, _, _ in OVERHEADS
+        key: given.get(key) if given.get(key) is not None else int(used.get(key) or 0) for key, _, _, _ in OVERHEADS
     }
 
 
@@ -1080,7 +1077,7 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
     started = time.time()
     load_before = os.getloadavg()
     emulations = list(MODE_OF)
-    given = {mode: {key: getattr(args, f"{flag}_{mode.replace('-', '_')}_us") for key, _, flag in OVERHEADS} for mode in MODES}
+    given = {mode: {key: getattr(args, f"{flag}_{mode.replace('-', '_')}_us") for key, _, flag, _ in OVERHEADS} for mode in MODES}
 
     reals = [real for real, _ in PAIRS]
     with ServerPool(settings) as pool:

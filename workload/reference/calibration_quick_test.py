@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
                 )
         for mode in ("event-loop", "thread-pool"):
             proposed = result.get("proposed_overhead_us", {}).get(mode, {})
-            for key, _, _ in cal.OVERHEADS:
+            for key, _, _, _ in cal.OVERHEADS:
                 value = proposed.get(key)
                 check(f"proposes {key} for {mode}", isinstance(value, int) and value >= 0, f"got {value!r}")
         block = result.get("experiment_overheads_yaml") or ""

@@ -31,6 +31,8 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 
 
 def get(conn: socket.socket) -> None:
+    """One GET /hello on a kept-alive connection, on the bare socket so that the client adds as
+    little as it can to the latency (`reference_servers.get` opens a connection per request)."""
     conn.sendall(b"GET /hello HTTP/1.1\r\nHost: loopscale\r\n\r\n")
     data = b""
     while b"\r\n\r\n" not in data:
