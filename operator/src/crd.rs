@@ -196,6 +196,7 @@ impl std::fmt::Display for Implementation {
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || self.requestOverheadUs == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' per-request cost is real)").field_path(".requestOverheadUs"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || self.resumeOverheadUs == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' per-request cost is real)").field_path(".resumeOverheadUs"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || self.connectionOverheadUs == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' per-connection cost is real)").field_path(".connectionOverheadUs"))]
+#[x_kube(validation = Rule::new("self.implementation != 'reference' || self.workingSetKiB == 0").message("must be 0 when spec.workload.implementation is reference (the real frameworks' memory is real)").field_path(".workingSetKiB"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || !has(self.overheadsByMode)").message("must be unset when spec.workload.implementation is reference (the real frameworks' costs are real)").field_path(".overheadsByMode"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || !('thread-pool' in self.modes) || self.gil").message("must be true when spec.workload.implementation is reference with thread-pool mode (the FastAPI reference runs CPython 3.11, which has a GIL)").field_path(".gil"))]
 #[x_kube(validation = Rule::new("self.implementation != 'reference' || !('thread-pool' in self.modes) || !has(self.balancing) || self.balancing == 'shared-socket'").message("must be shared-socket (or unset) when spec.workload.implementation is reference with thread-pool mode (uvicorn --workers only shares its listening socket)").field_path(".balancing"))]
@@ -240,7 +241,15 @@ pub struct WorkloadSpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 1_000_000))]
     pub connection_overhead_us: u32,
-    /// Per-mode values of `requestOverheadUs`, `resumeOverheadUs` and `connectionOverheadUs`:
+    /// The framework's memory, in KiB, that each request and each new connection walks on the
+    /// loop (one load per cache line, in a random order): cheap while cached, dear after an idle
+    /// moment, as the real runtimes' interpreter state is, so the first request after a pause
+    /// and a connection reaching an idle worker cost more. 0: no walk.
+    #[serde(default, rename = "workingSetKiB")]
+    #[schemars(range(min = 0, max = 262_144))]
+    pub working_set_kib: u32,
+    /// Per-mode values of `requestOverheadUs`, `resumeOverheadUs`, `connectionOverheadUs` and
+    /// `workingSetKiB`:
     /// `calibrate` proposes them per mode, since Express's costs are not FastAPI's, and one
     /// Experiment compares both. A field set here replaces the workload-wide one for that mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,14 +297,24 @@ pub struct ModeOverheads {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1_000_000))]
     pub connection_overhead_us: Option<u32>,
+    /// Replaces `spec.workload.workingSetKiB` for this mode.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "workingSetKiB"
+    )]
+    #[schemars(range(min = 0, max = 262_144))]
+    pub working_set_kib: Option<u32>,
 }
 
-/// The emulation's three framework costs for one mode, in microseconds, as its pods get them.
+/// The emulation's framework costs for one mode, as its pods get them: three in microseconds of
+/// loop CPU, and the memory each request and connection walks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Overheads {
     pub request_us: u32,
     pub resume_us: u32,
     pub connection_us: u32,
+    pub working_set_kib: u32,
 }
 
 impl WorkloadSpec {
@@ -313,6 +332,7 @@ impl WorkloadSpec {
             connection_us: own
                 .connection_overhead_us
                 .unwrap_or(self.connection_overhead_us),
+            working_set_kib: own.working_set_kib.unwrap_or(self.working_set_kib),
         }
     }
 }

@@ -190,6 +190,10 @@ pub fn workload_env(spec: &ExperimentSpec, step: &StepKey) -> Vec<(String, Strin
                 "LOOPSCALE_CONNECTION_OVERHEAD_US".into(),
                 overheads.connection_us.to_string(),
             ));
+            env.push((
+                "LOOPSCALE_WORKING_SET_KIB".into(),
+                overheads.working_set_kib.to_string(),
+            ));
         }
         (Implementation::Reference, Mode::EventLoop) => env.push(libuv),
         (Implementation::Reference, Mode::ThreadPool) => env.extend(thread_pool),
@@ -353,9 +357,10 @@ spec:
     requestOverheadUs: 100
     resumeOverheadUs: 50
     connectionOverheadUs: 80
+    workingSetKiB: 256
     overheadsByMode:
       eventLoop: {requestOverheadUs: 160, resumeOverheadUs: 47, connectionOverheadUs: 158}
-      threadPool: {resumeOverheadUs: 146}
+      threadPool: {resumeOverheadUs: 146, workingSetKiB: 768}
   scenario: {route: cpu, cpuMillis: 10}
   matrix: {processes: [1], replicas: [1]}
   load: {model: closed, concurrency: 8}
@@ -367,6 +372,7 @@ spec:
                 "LOOPSCALE_REQUEST_OVERHEAD_US",
                 "LOOPSCALE_RESUME_OVERHEAD_US",
                 "LOOPSCALE_CONNECTION_OVERHEAD_US",
+                "LOOPSCALE_WORKING_SET_KIB",
             ]
             .map(|name| {
                 env_var(&env, name)
@@ -374,8 +380,8 @@ spec:
                     .to_string()
             })
         };
-        assert_eq!(overheads(EventLoop), ["160", "47", "158"]);
-        assert_eq!(overheads(ThreadPool), ["100", "146", "80"]);
+        assert_eq!(overheads(EventLoop), ["160", "47", "158", "256"]);
+        assert_eq!(overheads(ThreadPool), ["100", "146", "80", "768"]);
         // Without the map both modes get the workload-wide values.
         let mut wide = s.clone();
         wide.workload.overheads_by_mode = None;
@@ -469,11 +475,12 @@ BLOCK  scenario: {route: hello}
             assert!(!names(&env).contains(&"LOOPSCALE_REQUEST_OVERHEAD_US".to_string()));
             assert!(!names(&env).contains(&"LOOPSCALE_RESUME_OVERHEAD_US".to_string()));
             assert!(!names(&env).contains(&"LOOPSCALE_CONNECTION_OVERHEAD_US".to_string()));
+            assert!(!names(&env).contains(&"LOOPSCALE_WORKING_SET_KIB".to_string()));
             assert!(env.contains(&("LOOPSCALE_BALANCING".into(), "shared-socket".into())));
         }
         // The emulation gets every knob.
         s.workload.implementation = Implementation::Emulated;
-        assert_eq!(workload_env(&s, &k(EventLoop, 1, 1, 1)).len(), 10);
+        assert_eq!(workload_env(&s, &k(EventLoop, 1, 1, 1)).len(), 11);
     }
 
     #[test]

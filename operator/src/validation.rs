@@ -411,6 +411,7 @@ spec:
                 "connectionOverheadUs: 85",
                 "spec.workload.connectionOverheadUs",
             ),
+            ("workingSetKiB: 512", "spec.workload.workingSetKiB"),
             (
                 "overheadsByMode: {threadPool: {requestOverheadUs: 126}}",
                 "spec.workload.overheadsByMode",
@@ -435,7 +436,7 @@ spec:
         // The emulation honours every knob.
         let emulated = VALID.replace(
             "workload: {modes: [event-loop, thread-pool]}",
-            "workload: {modes: [event-loop, thread-pool], requestOverheadUs: 30, resumeOverheadUs: 90, connectionOverheadUs: 85, overheadsByMode: {eventLoop: {requestOverheadUs: 160}, threadPool: {resumeOverheadUs: 146}}, gil: false, balancing: round-robin}",
+            "workload: {modes: [event-loop, thread-pool], requestOverheadUs: 30, resumeOverheadUs: 90, connectionOverheadUs: 85, workingSetKiB: 256, overheadsByMode: {eventLoop: {requestOverheadUs: 160}, threadPool: {resumeOverheadUs: 146, workingSetKiB: 768}}, gil: false, balancing: round-robin}",
         );
         assert!(validate_manifest(&emulated).is_ok());
         let out_of_range = emulated.replace("resumeOverheadUs: 146", "resumeOverheadUs: 1000001");
@@ -444,6 +445,13 @@ spec:
         assert_eq!(
             v[0].field,
             "spec.workload.overheadsByMode.threadPool.resumeOverheadUs"
+        );
+        let too_big = emulated.replace("workingSetKiB: 768", "workingSetKiB: 262145");
+        let v = violations(&too_big);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            v[0].field,
+            "spec.workload.overheadsByMode.threadPool.workingSetKiB"
         );
     }
 

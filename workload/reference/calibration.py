@@ -31,11 +31,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import reference_servers as rs
 
-CALIBRATION_VERSION = 7
-"""7: the target metric of /hello under /cpu is `hello_delay_under_cpu`, the mean latency /cpu adds
+CALIBRATION_VERSION = 8
+"""8: the emulation walks a working set per request and per connection (`WORKING_SET_KIB`, in
+`used_overhead_us` as `working_set_kib`), in every step, so the overheads proposed are what the
+real runtimes cost more than the emulation with its walk; the `hello_after_idle` scenario (/hello
+every 20 ms on one connection) and the information metric `hello_latency_after_idle` compare what
+an idle moment costs. 7: the target metric of /hello under /cpu is `hello_delay_under_cpu`, the mean latency /cpu adds
 to /hello, in /cpu jobs; `hello_slowdown_under_cpu`, /hello's mean under /cpu over its mean alone,
 is still computed and compared, as information, not a target (see INFORMATION_METRICS). 6: the
 resume and connection overheads come from the median ratio, within a repetition, of their
@@ -69,6 +74,10 @@ IO_CONCURRENCY = 256
 timer, limits throughput (the ideal is IO_CONCURRENCY / IO_MS requests per second)."""
 CPU_CONCURRENCY = 8
 COST_CONCURRENCY = 32
+IDLE_RATE = 50.0
+"""Requests per second of the `hello_after_idle` scenario: one every 20 ms, so the loop idles
+about 20 ms before each, long enough that a runtime's code and data leave the core's caches
+(`experiments/idle_wake_cost.py`)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,9 @@ class Scenario:
     """Sample the server's CPU time over the measured window (CPU cost per request)."""
     keep_alive: bool = True
     """False: every request on a new connection (`--disable-keepalive`)."""
+    rate: float | None = None
+    """Open model at this many requests per second (at most `concurrency` in flight, one
+    connection each) instead of closed-model loops."""
 
 
 COST_SCENARIOS = (
@@ -116,6 +128,7 @@ SCENARIOS = (
     *COST_SCENARIOS,
     Scenario("hello_alone", 1, "/hello", 1, measure_cpu=True),
     Scenario("hello_under_cpu", 1, "/hello", 1, f"/cpu?ms={CPU_MS}", 4),
+    Scenario("hello_after_idle", 1, "/hello", 1, rate=IDLE_RATE),
     Scenario("cpu_p1", 1, f"/cpu?ms={CPU_MS}", CPU_CONCURRENCY),
     Scenario("cpu_inline_p1", 1, f"/cpu-inline?ms={CPU_MS}", CPU_CONCURRENCY),
     Scenario("cpu_p2", 2, f"/cpu?ms={CPU_MS}", CPU_CONCURRENCY),
@@ -127,7 +140,7 @@ at 1 in flight says whether a runtime's per-request cost depends on how many are
 
 SCENARIO_GROUPS = (
     ("io_cost", "hello_cost", "connection_cost"),
-    ("hello_alone", "hello_under_cpu"),
+    ("hello_alone", "hello_under_cpu", "hello_after_idle"),
     ("cpu_p1", "cpu_p2", "cpu_inline_p1"),
 )
 """Scenarios whose results are divided by each other run back to back on one implementation;
@@ -164,6 +177,9 @@ and 0.97-1.16 (FastAPI) while the slowdown's went from 0.63 to 1.13 and from 0.9
 
 INFORMATION_METRICS = {
     "hello_slowdown_under_cpu": "mean latency of /hello while /cpu runs (4 in flight) / mean of /hello alone",
+    "hello_latency_after_idle": (
+        f"median latency of /hello sent every {1000 / IDLE_RATE:.0f} ms on one connection / of /hello back to back"
+    ),
 }
 """Metrics computed and compared like SHAPE_METRICS, but not targets: shown in the table under
 them, with no ok or OFF."""
@@ -290,6 +306,9 @@ def shape_metrics(runs: dict[str, list[Measurement]]) -> dict[str, float | None]
     def mean(m: Measurement) -> float:
         return m.mean_ms
 
+    def p50(m: Measurement) -> float:
+        return m.p50_ms
+
     return {
         "cpu_scaling_2p_over_1p": paired("cpu_p2", "cpu_p1", throughput),
         "hello_delay_under_cpu": median_paired(
@@ -298,6 +317,7 @@ def shape_metrics(runs: dict[str, list[Measurement]]) -> dict[str, float | None]
         "hello_slowdown_under_cpu": paired("hello_under_cpu", "hello_alone", mean),
         "io_over_hello_throughput": paired(RESUME_SCENARIO, REQUEST_SCENARIO, throughput),
         "cpu_inline_over_cpu": paired("cpu_inline_p1", "cpu_p1", throughput),
+        "hello_latency_after_idle": paired("hello_after_idle", "hello_alone", p50),
     }
 
 
@@ -310,14 +330,41 @@ def propose_overhead_us(real_cpu_us: float | None, emulated_cpu_us_at_zero: floa
     return max(0, round(real_cpu_us - emulated_cpu_us_at_zero))
 
 
+class Knob(NamedTuple):
+    """One framework cost the emulation is started with, per mode."""
+
+    key: str
+    """Its key in the JSON (`used_overhead_us`)."""
+    env: str
+    """The emulation's variable."""
+    flag: str
+    """The prefix of its calibrate flag: --{flag}-{mode}-{unit}."""
+    field: str
+    """Its Experiment field, in `spec.workload.overheadsByMode.<mode>`."""
+    unit: str
+
+
 OVERHEADS = (
-    ("request_us", "LOOPSCALE_REQUEST_OVERHEAD_US", "overhead", "requestOverheadUs"),
-    ("resume_us", "LOOPSCALE_RESUME_OVERHEAD_US", "resume", "resumeOverheadUs"),
-    ("connection_us", "LOOPSCALE_CONNECTION_OVERHEAD_US", "connection", "connectionOverheadUs"),
+    Knob("request_us", "LOOPSCALE_REQUEST_OVERHEAD_US", "overhead", "requestOverheadUs", "us"),
+    Knob("resume_us", "LOOPSCALE_RESUME_OVERHEAD_US", "resume", "resumeOverheadUs", "us"),
+    Knob("connection_us", "LOOPSCALE_CONNECTION_OVERHEAD_US", "connection", "connectionOverheadUs", "us"),
 )
-"""Each overhead of a mode: its key in the JSON, the emulation's variable, the prefix of its
-calibrate flag (--overhead-event-loop-us, --resume-thread-pool-us, ...) and its Experiment field
-(in `spec.workload.overheadsByMode.<mode>`)."""
+"""The overheads calibrate proposes, each in microseconds of loop CPU."""
+
+WORKING_SET = Knob("working_set_kib", "LOOPSCALE_WORKING_SET_KIB", "working-set", "workingSetKiB", "kib")
+KNOBS = (*OVERHEADS, WORKING_SET)
+"""Everything a mode's emulation is started with: the proposed overheads and the working set,
+which is not proposed but set (WORKING_SET_KIB)."""
+
+WORKING_SET_KIB = {"event-loop": 512, "thread-pool": 256}
+"""The framework memory each request and each new connection walks, per mode. Not proposed: no
+scenario under load depends on it much (a walk that stays cached costs tens of us, which the
+proposed request overhead then does not charge twice); it sets what an idle moment costs. Chosen
+with `experiments/idle_wake_cost.py` (session 9, 06:30-07:20 UTC): /hello 20 ms after the previous
+answer cost real FastAPI 339 us of CPU more than back to back, Express 687; the emulation with no
+walk 63-91, with 256 KiB 430-530, with 512 KiB 470-877, with 1024 KiB about 1,500. With 256 or 512
+KiB the emulated thread-pool mode's shared socket spread calibrate's 8 connections over 2 workers
+in 6 of 6 tries each (without: 3 of 6; uvicorn 10 of 12)."""
 
 
 def propose_overheads(real: dict[str, dict], emulated_at_zero: dict[str, dict]) -> dict[str, int | None]:
@@ -376,7 +423,7 @@ def propose_per_mode(costs: dict[str, dict[str, dict]], used: dict[str, dict[str
 def overhead_env(overhead: dict[str, int | None] | None) -> dict[str, str]:
     """The emulation's environment for one mode's overheads (missing ones are 0)."""
     overhead = overhead or {}
-    return {env: str(overhead.get(key) or 0) for key, env, _, _ in OVERHEADS}
+    return {knob.env: str(overhead.get(knob.key) or 0) for knob in KNOBS}
 
 
 @dataclass
@@ -453,11 +500,11 @@ def render_table(comparisons: list[Comparison], costs: dict[str, dict], overhead
         lines.append(cost_row(f"CPU us per {what}, all threads and processes", scenario.name, "cpu_us_per_request"))
         lines.append(cost_row(f"req/s of {what}, 1 process", scenario.name, "throughput_rps"))
     lines.append("")
-    for key, env, _, _ in OVERHEADS:
+    for knob in KNOBS:
         lines.append(
-            f"{env}: "
+            f"{knob.env}: "
             + ", ".join(
-                f"{mode} = {_fmt(value.get(key), 0) if value.get(key) is not None else '-'}"
+                f"{mode} = {_fmt(value.get(knob.key), 0) if value.get(knob.key) is not None else '-'}"
                 for mode, value in overheads.items()
             )
         )
@@ -471,9 +518,9 @@ def overheads_by_mode_yaml(overheads: dict[str, dict]) -> str:
     lines = ["overheadsByMode:"]
     for mode, mode_field in (("event-loop", "eventLoop"), ("thread-pool", "threadPool")):
         fields = [
-            f"{field}: {overheads[mode][key]}"
-            for key, _, _, field in OVERHEADS
-            if overheads.get(mode, {}).get(key) is not None
+            f"{knob.field}: {overheads[mode][knob.key]}"
+            for knob in KNOBS
+            if overheads.get(mode, {}).get(knob.key) is not None
         ]
         if fields:
             lines.append(f"  {mode_field}: {{{', '.join(fields)}}}")
@@ -546,15 +593,18 @@ def load_argv(
     duration: float,
     report: Path,
     keep_alive: bool = True,
+    rate: float | None = None,
 ) -> list[str]:
-    """The `loopscale-workload load` command line of one closed-model run."""
+    """The `loopscale-workload load` command line of one closed-model run (open-model at `rate`
+    requests per second if given)."""
+    model = ["closed"] if rate is None else ["open", "--rate", f"{rate:g}"]
     return [
         str(load_bin),
         "load",
         "--target",
         f"http://127.0.0.1:{port}",
         "--model",
-        "closed",
+        *model,
         "--concurrency",
         str(concurrency),
         "--connections",
@@ -614,6 +664,7 @@ def run_scenario(settings: Settings, server: rs.Server, scenario: Scenario, rep:
         settings.duration,
         main_report,
         scenario.keep_alive,
+        scenario.rate,
     )
     procs: list[subprocess.Popen] = []
     background_report = None
@@ -923,8 +974,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", default="calibration.json", help="where to write the results (default calibration.json)")
     parser.add_argument("--workload-bin", help="the loopscale-workload binary (default: $LOOPSCALE_WORKLOAD_BIN, else target/release, built if missing)")
     for mode in MODES:
-        for _, env, flag, _ in OVERHEADS:
-            parser.add_argument(f"--{flag}-{mode}-us", type=int, help=f"use this {env} for {mode} mode instead of proposing one")
+        for knob in OVERHEADS:
+            parser.add_argument(f"--{knob.flag}-{mode}-us", type=int, help=f"use this {knob.env} for {mode} mode instead of proposing one")
+        parser.add_argument(
+            f"--{WORKING_SET.flag}-{mode}-kib",
+            type=int,
+            help=f"run the {mode} emulation with this {WORKING_SET.env} (default {WORKING_SET_KIB[mode]})",
+        )
     parser.add_argument(
         "--nice",
         type=int,
@@ -941,7 +997,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.prime = args.prime if args.prime is not None else (2.0 if args.quick else 5.0)
     if args.duration <= 0 or args.warmup < 0 or args.repetitions < 1 or args.prime <= 0:
         parser.error("--duration and --prime must be > 0, --warmup >= 0 and --repetitions >= 1")
-    for name in [f"{flag}_{mode.replace('-', '_')}_us" for mode in MODES for _, _, flag, _ in OVERHEADS]:
+    for name in [knob_attr(knob, mode) for mode in MODES for knob in KNOBS]:
         value = getattr(args, name)
         if value is not None and value < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
@@ -955,7 +1011,7 @@ def run_gil_sweep_only(args: argparse.Namespace, settings: Settings) -> int:
     load_before = os.getloadavg()
     overhead = {
         "thread-pool": sweep_overheads(
-            {key: getattr(args, f"{flag}_thread_pool_us") for key, _, flag, _ in OVERHEADS},
+            {knob.key: getattr(args, knob_attr(knob, "thread-pool")) for knob in KNOBS},
         )
     }
     with ServerPool(settings) as pool:
@@ -1011,17 +1067,27 @@ LATEST = Path(__file__).resolve().parent / "calibration-latest.json"
 
 
 def sweep_overheads(given: dict[str, int | None], latest: Path = LATEST) -> dict[str, int]:
-    """The emulation's thread-pool overheads for --gil-sweep-only: the given ones ({key: value or
-    None}), else those the latest full calibration used (0 if it cannot be read)."""
+    """The emulation's thread-pool knobs for --gil-sweep-only: the given ones ({key: value or
+    None}), else the overheads the latest full calibration used (0 if it cannot be read) and
+    WORKING_SET_KIB."""
     try:
         used = json.loads(latest.read_text())["used_overhead_us"]["thread-pool"]
     except (OSError, ValueError, KeyError, TypeError):
         used = {}
     if not isinstance(used, dict):
         used = {}
-    return {
-        key: given.get(key) if given.get(key) is not None else int(used.get(key) or 0) for key, _, _, _ in OVERHEADS
-    }
+    return with_given({"thread-pool": used}, {"thread-pool": given})["thread-pool"]
+
+
+def experiment_knobs(latest: Path = LATEST) -> dict[str, dict[str, int]]:
+    """What the probes in `experiments/` start each emulated mode with: the overheads the latest
+    calibration used, and the working set of $WORKING_SET_KIB_EVENT_LOOP or
+    $WORKING_SET_KIB_THREAD_POOL where set (to try another size), else WORKING_SET_KIB."""
+    given = {}
+    for mode in MODES:
+        override = os.environ.get(f"WORKING_SET_KIB_{mode.upper().replace('-', '_')}")
+        given[mode] = {WORKING_SET.key: int(override) if override else None}
+    return with_given(json.loads(latest.read_text())["used_overhead_us"], given)
 
 
 def check_installed() -> None:
@@ -1064,20 +1130,31 @@ def main(argv: list[str]) -> int:
         return run_calibration(args, settings)
 
 
+def knob_attr(knob: Knob, mode: str) -> str:
+    """The argparse attribute of `knob`'s flag for `mode`."""
+    return f"{knob.flag}_{mode}_{knob.unit}".replace("-", "_")
+
+
 def with_given(proposal: dict[str, dict[str, int | None]], given: dict[str, dict[str, int | None]]) -> dict[str, dict[str, int]]:
-    """The overheads to run the emulation with: each one given on the command line, else the
-    proposed one, else 0 (a cost that could not be measured)."""
-    return {
-        mode: {key: given[mode][key] if given[mode][key] is not None else (proposal[mode][key] or 0) for key in proposal[mode]}
-        for mode in proposal
-    }
+    """Everything to run each mode's emulation with (KNOBS): each value given on the command line,
+    else the proposed one (the working set: WORKING_SET_KIB), else 0 (a cost that could not be
+    measured)."""
+
+    def value(mode: str, key: str) -> int:
+        if given.get(mode, {}).get(key) is not None:
+            return given[mode][key]
+        if key == WORKING_SET.key:
+            return WORKING_SET_KIB[mode]
+        return proposal.get(mode, {}).get(key) or 0
+
+    return {mode: {knob.key: value(mode, knob.key) for knob in KNOBS} for mode in MODES}
 
 
 def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
     started = time.time()
     load_before = os.getloadavg()
     emulations = list(MODE_OF)
-    given = {mode: {key: getattr(args, f"{flag}_{mode.replace('-', '_')}_us") for key, _, flag, _ in OVERHEADS} for mode in MODES}
+    given = {mode: {knob.key: getattr(args, knob_attr(knob, mode)) for knob in KNOBS} for mode in MODES}
 
     reals = [real for real, _ in PAIRS]
     with ServerPool(settings) as pool:
@@ -1096,9 +1173,10 @@ def run_calibration(args: argparse.Namespace, settings: Settings) -> int:
                 pool.stop(emulated, 1)
             return runs
 
-        # 1. The cost of one request: the real runtimes, and the emulation with no overhead.
+        # 1. The cost of one request: the real runtimes, and the emulation with no overhead (but
+        # its working set, part of its own cost from now on).
         log(settings, "step 1: CPU cost per request (emulation with no overheads)")
-        baseline_runs = cost_step(None)
+        baseline_runs = cost_step(with_given({}, {mode: {WORKING_SET.key: given[mode][WORKING_SET.key]} for mode in MODES}))
         baseline_costs = costs_of(summarise(baseline_runs))
         first_proposal = propose_per_mode(costs_for_proposal(baseline_runs), {})
         first_used = with_given(first_proposal, given)

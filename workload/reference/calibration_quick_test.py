@@ -59,13 +59,22 @@ def main(argv: list[str]) -> int:
                 )
         for mode in ("event-loop", "thread-pool"):
             proposed = result.get("proposed_overhead_us", {}).get(mode, {})
-            for key, _, _, _ in cal.OVERHEADS:
-                value = proposed.get(key)
-                check(f"proposes {key} for {mode}", isinstance(value, int) and value >= 0, f"got {value!r}")
+            for knob in cal.OVERHEADS:
+                value = proposed.get(knob.key)
+                check(f"proposes {knob.key} for {mode}", isinstance(value, int) and value >= 0, f"got {value!r}")
+            walked = result.get("used_overhead_us", {}).get(mode, {}).get(cal.WORKING_SET.key)
+            check(
+                f"runs the {mode} emulation with its working set",
+                walked == cal.WORKING_SET_KIB[mode],
+                f"got {walked!r}",
+            )
         block = result.get("experiment_overheads_yaml") or ""
         check(
             "gives the overheads as an Experiment's overheadsByMode block",
-            block.startswith("overheadsByMode:") and "eventLoop: {" in block and "threadPool: {" in block,
+            block.startswith("overheadsByMode:")
+            and "eventLoop: {" in block
+            and "threadPool: {" in block
+            and f"{cal.WORKING_SET.field}: " in block,
             f"got {block!r}",
         )
         costs = result.get("baseline_costs", {})

@@ -34,6 +34,7 @@ class ShapeMetrics(unittest.TestCase):
             "hello_alone": [measurement("hello_alone", 5000.0, p50=0.2, mean=0.25)],
             # A bimodal p50 (one mode or the other per run) is not what is compared: the mean is.
             "hello_under_cpu": [measurement("hello_under_cpu", 80.0, p50=1.0, mean=12.5)],
+            "hello_after_idle": [measurement("hello_after_idle", 50.0, p50=0.7, mean=0.9)],
             "io_cost": [measurement("io_cost", 4100.0)],
             "hello_cost": [measurement("hello_cost", 5000.0)],
         }
@@ -43,6 +44,7 @@ class ShapeMetrics(unittest.TestCase):
         self.assertAlmostEqual(m["hello_slowdown_under_cpu"], 50.0)
         self.assertAlmostEqual(m["hello_delay_under_cpu"], (12.5 - 0.25) / cal.CPU_MS)
         self.assertAlmostEqual(m["io_over_hello_throughput"], 0.82)
+        self.assertAlmostEqual(m["hello_latency_after_idle"], 3.5)
         self.assertEqual(set(m), set(cal.SHAPE_METRICS) | set(cal.INFORMATION_METRICS))
 
     def test_the_added_latency_does_not_follow_the_cost_of_hello_alone(self) -> None:
@@ -160,22 +162,36 @@ class Proposal(unittest.TestCase):
             "event-loop": {"request_us": None, "resume_us": None, "connection_us": 0},
             "thread-pool": {"request_us": 200, "resume_us": None, "connection_us": None},
         }
+        ws = cal.WORKING_SET_KIB
         self.assertEqual(
             cal.with_given(proposal, given),
             {
-                "event-loop": {"request_us": 150, "resume_us": 0, "connection_us": 0},
-                "thread-pool": {"request_us": 200, "resume_us": 50, "connection_us": 80},
+                "event-loop": {"request_us": 150, "resume_us": 0, "connection_us": 0, "working_set_kib": ws["event-loop"]},
+                "thread-pool": {"request_us": 200, "resume_us": 50, "connection_us": 80, "working_set_kib": ws["thread-pool"]},
             },
         )
 
+    def test_the_working_set_is_the_models_unless_given_and_never_proposed(self) -> None:
+        proposal = {"thread-pool": {"request_us": 140, "working_set_kib": 4096}}
+        used = cal.with_given(proposal, {})
+        self.assertEqual(used["thread-pool"]["working_set_kib"], cal.WORKING_SET_KIB["thread-pool"])
+        self.assertEqual(used["event-loop"], {"request_us": 0, "resume_us": 0, "connection_us": 0, "working_set_kib": cal.WORKING_SET_KIB["event-loop"]})
+        used = cal.with_given(proposal, {"thread-pool": {"working_set_kib": 0}})
+        self.assertEqual(used["thread-pool"]["working_set_kib"], 0)
+        self.assertEqual(used["thread-pool"]["request_us"], 140)
+        args = cal.parse_args(["--working-set-thread-pool-kib", "256"])
+        self.assertEqual(args.working_set_thread_pool_kib, 256)
+        self.assertIsNone(args.working_set_event_loop_kib)
+
     def test_environment_of_the_emulation(self) -> None:
-        env = cal.overhead_env({"request_us": 180, "resume_us": None, "connection_us": 85})
+        env = cal.overhead_env({"request_us": 180, "resume_us": None, "connection_us": 85, "working_set_kib": 512})
         self.assertEqual(
             env,
             {
                 "LOOPSCALE_REQUEST_OVERHEAD_US": "180",
                 "LOOPSCALE_RESUME_OVERHEAD_US": "0",
                 "LOOPSCALE_CONNECTION_OVERHEAD_US": "85",
+                "LOOPSCALE_WORKING_SET_KIB": "512",
             },
         )
         self.assertEqual(cal.overhead_env(None)["LOOPSCALE_CONNECTION_OVERHEAD_US"], "0")
@@ -188,20 +204,31 @@ class Proposal(unittest.TestCase):
         self.assertFalse(by_name[cal.CONNECTION_SCENARIO].keep_alive)
         self.assertEqual(by_name[cal.CONNECTION_SCENARIO].path, by_name[cal.REQUEST_SCENARIO].path)
 
+    def test_the_idle_scenario_sends_at_a_fixed_rate_on_one_connection(self) -> None:
+        idle = next(s for s in cal.SCENARIOS if s.name == "hello_after_idle")
+        argv = cal.load_argv(Path("/bin/load"), 8080, idle.path, idle.concurrency, 1.0, 4.0, Path("r.json"), rate=idle.rate)
+        self.assertEqual(argv[argv.index("--model") + 1 : argv.index("--model") + 4], ["open", "--rate", "50"])
+        self.assertEqual(argv[argv.index("--connections") + 1], "1")
+        closed = cal.load_argv(Path("/bin/load"), 8080, "/hello", 1, 1.0, 4.0, Path("r.json"))
+        self.assertEqual(closed[closed.index("--model") + 1], "closed")
+        self.assertNotIn("--rate", closed)
+        # Paired with /hello back to back: both run in one group, on one server, in turn.
+        self.assertTrue(any({"hello_alone", "hello_after_idle"} <= set(group) for group in cal.SCENARIO_GROUPS))
+
 
 class ExperimentSnippet(unittest.TestCase):
     def test_each_mode_gets_its_overheads_as_experiment_fields(self) -> None:
         yaml = cal.overheads_by_mode_yaml(
             {
                 "event-loop": {"request_us": 160, "resume_us": 47, "connection_us": 158},
-                "thread-pool": {"request_us": 126, "resume_us": None, "connection_us": 79},
+                "thread-pool": {"request_us": 126, "resume_us": None, "connection_us": 79, "working_set_kib": 256},
             }
         )
         self.assertEqual(
             yaml,
             "overheadsByMode:\n"
             "  eventLoop: {requestOverheadUs: 160, resumeOverheadUs: 47, connectionOverheadUs: 158}\n"
-            "  threadPool: {requestOverheadUs: 126, connectionOverheadUs: 79}",
+            "  threadPool: {requestOverheadUs: 126, connectionOverheadUs: 79, workingSetKiB: 256}",
         )
 
     def test_nothing_measured_gives_nothing_to_paste(self) -> None:
@@ -440,13 +467,16 @@ class LoadCommand(unittest.TestCase):
         self.assertTrue(cal.parse_args(["--gil-sweep-only"]).gil_sweep_only)
         self.assertFalse(cal.parse_args([]).gil_sweep_only)
         latest = json.loads(cal.LATEST.read_text())["used_overhead_us"]["thread-pool"]
-        none = {"request_us": None, "resume_us": None, "connection_us": None}
-        zero = {"request_us": 0, "resume_us": 0, "connection_us": 0}
-        self.assertEqual(cal.sweep_overheads(none), {key: int(latest.get(key) or 0) for key in zero})
+        none = {"request_us": None, "resume_us": None, "connection_us": None, "working_set_kib": None}
+        zero = {"request_us": 0, "resume_us": 0, "connection_us": 0, "working_set_kib": 0}
+        self.assertEqual(
+            cal.sweep_overheads(none),
+            {**{key: int(latest.get(key) or 0) for key in zero}, "working_set_kib": cal.WORKING_SET_KIB["thread-pool"]},
+        )
         self.assertEqual(cal.sweep_overheads({**none, "request_us": 300})["request_us"], 300)
         self.assertEqual(cal.sweep_overheads({**none, "request_us": 300})["resume_us"], latest["resume_us"])
         self.assertEqual(cal.sweep_overheads(zero), zero)
-        self.assertEqual(cal.sweep_overheads(none, Path("/nonexistent.json")), zero)
+        self.assertEqual(cal.sweep_overheads({**none, "working_set_kib": 0}, Path("/nonexistent.json")), zero)
         args = cal.parse_args(["--gil-sweep-only", "--connection-thread-pool-us", "85"])
         self.assertEqual(args.connection_thread_pool_us, 85)
 

@@ -5,7 +5,7 @@ back, the loop idle only for the round trip) and GAP = 1 ms and 20 ms; the serve
 threads, from /proc/<pid>/task/*/schedstat) over the requests, minus its idle CPU over the same
 time, per request. A runtime whose cost per request grows with the idle time before it pays a
 cost for waking up cold that a burn of fixed CPU time does not model. The emulation runs with
-the overheads calibration-latest.json used.
+the overheads calibration-latest.json used and its working set (`calibration.experiment_knobs`).
 
     workload/reference/experiments/idle_wake_cost.py [IMPLEMENTATION ...]
 
@@ -54,7 +54,7 @@ def idle_rate(pids: list[int]) -> float:
 
 
 impls = sys.argv[1:] or ["fastapi", "emulated-thread-pool", "express", "emulated-event-loop"]
-latest = json.loads(cal.LATEST.read_text())["used_overhead_us"]
+latest = cal.experiment_knobs()
 results = {impl: {gap: [] for gap, _ in GAPS} for impl in impls}
 latency = {impl: {gap: [] for gap, _ in GAPS} for impl in impls}
 with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,7 @@ throughput (about 95 req/s); a spread gives about twice that.
     workload/reference/experiments/shared_socket_spread.py [REPETITIONS] [CONNECTION_US ...]
 
 Needs a release build and `workload/reference/install`. The emulation's request and resume
-overheads are those calibration-latest.json used.
+overheads are those calibration-latest.json used, its working set `calibration.experiment_knobs`'s.
 """
 import json
 import statistics
@@ -22,7 +22,7 @@ import calibration as cal  # noqa: E402
 
 reps = int(sys.argv[1]) if len(sys.argv) > 1 else 6
 connection_us = [int(a) for a in sys.argv[2:]] or [0, 90]
-latest = json.loads(cal.LATEST.read_text())["used_overhead_us"]["thread-pool"]
+latest = cal.experiment_knobs()["thread-pool"]
 variants = [("fastapi", None)] + [
     ("emulated-thread-pool", {**latest, "connection_us": c}) for c in connection_us
 ]

@@ -89,6 +89,10 @@ pub struct Config {
     /// paid once per connection, so it matters for short-lived connections, and in shared-socket
     /// balancing it gives the other workers time to accept (see `worker::serve`).
     pub connection_overhead: Duration,
+    /// `LOOPSCALE_WORKING_SET_KIB`: the framework's memory that each request and each new
+    /// connection walks on the loop (see `working_set`): it makes the first request after an
+    /// idle moment cost more, as the real runtimes' cold caches do. 0: no walk.
+    pub working_set_kib: usize,
     /// `LOOPSCALE_HOST`: listen address.
     pub host: IpAddr,
     /// `PORT`: one port for routes, probes and metrics (0 = pick a free one).
@@ -106,6 +110,8 @@ pub const MAX_LIBUV_THREADPOOL_SIZE: usize = 1024;
 /// One second of framework overhead per request (or per resume, or per connection) is already
 /// absurd.
 pub const MAX_OVERHEAD_US: u64 = 1_000_000;
+/// 256 MiB: far beyond any cache, and a walk of it already takes tens of milliseconds.
+pub const MAX_WORKING_SET_KIB: u64 = 262_144;
 /// CPython accepts any positive switch interval; more than a second models nothing real.
 pub const MAX_GIL_SWITCH_INTERVAL_MS: f64 = 1000.0;
 /// Kubernetes' own default grace is 30 s; an hour is the sanity bound.
@@ -249,6 +255,14 @@ impl Config {
                 0,
                 MAX_OVERHEAD_US,
             )?),
+            working_set_kib: integer_in_range(
+                &get,
+                "LOOPSCALE_WORKING_SET_KIB",
+                0,
+                "an integer number of KiB from 0 to 262144",
+                0,
+                MAX_WORKING_SET_KIB,
+            )? as usize,
             host,
             port: integer_in_range(
                 &get,
@@ -349,6 +363,7 @@ mod tests {
         assert_eq!(c.request_overhead, Duration::ZERO);
         assert_eq!(c.resume_overhead, Duration::ZERO);
         assert_eq!(c.connection_overhead, Duration::ZERO);
+        assert_eq!(c.working_set_kib, 0);
         assert_eq!(c.port, 8080);
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         let c = parse(&[("LOOPSCALE_MODE", "thread-pool")]).unwrap();
@@ -368,6 +383,7 @@ mod tests {
             ("LOOPSCALE_REQUEST_OVERHEAD_US", "150"),
             ("LOOPSCALE_RESUME_OVERHEAD_US", "90"),
             ("LOOPSCALE_CONNECTION_OVERHEAD_US", "85"),
+            ("LOOPSCALE_WORKING_SET_KIB", "512"),
             ("LOOPSCALE_HOST", "127.0.0.1"),
             ("PORT", "0"),
             ("LOOPSCALE_SHUTDOWN_GRACE_SECS", "5"),
@@ -382,6 +398,7 @@ mod tests {
         assert_eq!(c.request_overhead, Duration::from_micros(150));
         assert_eq!(c.resume_overhead, Duration::from_micros(90));
         assert_eq!(c.connection_overhead, Duration::from_micros(85));
+        assert_eq!(c.working_set_kib, 512);
         assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(c.port, 0);
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
@@ -404,6 +421,8 @@ mod tests {
             ("LOOPSCALE_REQUEST_OVERHEAD_US", "1.5"),
             ("LOOPSCALE_RESUME_OVERHEAD_US", "1000001"),
             ("LOOPSCALE_CONNECTION_OVERHEAD_US", "-5"),
+            ("LOOPSCALE_WORKING_SET_KIB", "262145"),
+            ("LOOPSCALE_WORKING_SET_KIB", "1M"),
             ("LOOPSCALE_HOST", "localhost"),
             ("PORT", "65536"),
             ("LOOPSCALE_SHUTDOWN_GRACE_SECS", "3601"),

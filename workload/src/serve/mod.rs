@@ -14,6 +14,7 @@ pub mod pool;
 pub mod routes;
 pub mod supervisor;
 pub mod worker;
+pub mod working_set;
 
 use std::process::ExitCode;
 

@@ -32,6 +32,7 @@ use crate::serve::gil::{Gil, GilThread};
 use crate::serve::metrics::WorkerMetrics;
 use crate::serve::pool::BoundedPool;
 use crate::serve::worker::PodLink;
+use crate::serve::working_set::WorkingSet;
 
 /// The longest a single request may ask to take (each parameter and their sum), so one request
 /// cannot hold a worker for hours.
@@ -54,6 +55,8 @@ pub struct AppState {
     pub pool: BoundedPool,
     /// Readiness and the pod-wide scrape, via the supervisor.
     pub pod: Arc<PodLink>,
+    /// The framework's memory, walked by each request and each new connection.
+    pub working_set: WorkingSet,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -138,8 +141,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/offload", get(offload));
     // Event-loop mode with no overhead has nothing to do per request: skip the layer entirely,
     // so the bare-framework benchmark measures only what the model needs.
-    let needs_overhead =
-        state.config.mode == Mode::ThreadPool || !state.config.request_overhead.is_zero();
+    let needs_overhead = state.config.mode == Mode::ThreadPool
+        || !state.config.request_overhead.is_zero()
+        || !state.working_set.is_empty();
     if needs_overhead {
         workload = workload.route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -281,7 +285,26 @@ fn loop_work(s: &AppState, work: Duration) {
 /// and `connection_made`, Node's socket and parser), and of tearing it down later, paid on the
 /// loop as one callback of its own.
 pub fn connection_accepted(s: &AppState) {
-    loop_work(s, s.config.connection_overhead);
+    framework_entry(s, s.config.connection_overhead);
+}
+
+/// A callback that enters the framework's code for a request or a connection: it walks the
+/// framework's memory (cheap when cached, dear after an idle moment; see `working_set`), then
+/// spends `work` of CPU, both as [`loop_work`] does (under the GIL in thread-pool mode).
+fn framework_entry(s: &AppState, work: Duration) {
+    if s.working_set.is_empty() {
+        return loop_work(s, work);
+    }
+    match s.config.mode {
+        Mode::ThreadPool => s.gil.hold_on_loop(|| {
+            s.working_set.walk();
+            s.gil.run_cpu(GilThread::Loop, work);
+        }),
+        Mode::EventLoop => {
+            s.working_set.walk();
+            loop_work(s, work);
+        }
+    }
 }
 
 /// A handler resumes after a wait (its timer fired, its pool job finished): the framework's
@@ -326,14 +349,14 @@ async fn request_overhead(State(s): Shared, req: Request, next: Next) -> Respons
     let after_answer = match s.config.mode {
         Mode::ThreadPool => {
             let read = overhead.mul_f64(READ_CALLBACK_SHARE);
-            loop_work(&s, read);
+            framework_entry(&s, read);
             tokio::task::yield_now().await;
             loop_work(&s, overhead.saturating_sub(read));
             Duration::ZERO
         }
         Mode::EventLoop => {
             let after = overhead.mul_f64(EVENT_LOOP_AFTER_ANSWER_SHARE);
-            loop_work(&s, overhead.saturating_sub(after));
+            framework_entry(&s, overhead.saturating_sub(after));
             after
         }
     };

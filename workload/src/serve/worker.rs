@@ -34,6 +34,7 @@ use crate::serve::gil::Gil;
 use crate::serve::metrics::WorkerMetrics;
 use crate::serve::pool::BoundedPool;
 use crate::serve::routes::{connection_accepted, router, AppState};
+use crate::serve::working_set::WorkingSet;
 
 /// Internal env var set by the supervisor: this process is worker number N.
 pub const WORKER_INDEX_ENV: &str = "LOOPSCALE_WORKER_INDEX";
@@ -231,6 +232,7 @@ pub fn run(config: Config, worker: usize) -> ExitCode {
         gil: Arc::new(gil),
         pool,
         pod: pod.clone(),
+        working_set: WorkingSet::new(config.working_set_kib),
     });
     let result = runtime.block_on(async move {
         tokio::spawn(probe_lag(metrics.eventloop_lag.clone()));
