@@ -426,6 +426,7 @@ BLOCK  scenario: {route: hello}
                 ("request_us", "LOOPSCALE_REQUEST_OVERHEAD_US"),
                 ("resume_us", "LOOPSCALE_RESUME_OVERHEAD_US"),
                 ("connection_us", "LOOPSCALE_CONNECTION_OVERHEAD_US"),
+                ("working_set_kib", "LOOPSCALE_WORKING_SET_KIB"),
             ] {
                 let want = used[key].to_string();
                 assert_eq!(env_var(&env, var), Some(want.as_str()), "{mode} {var}");

@@ -356,15 +356,17 @@ KNOBS = (*OVERHEADS, WORKING_SET)
 """Everything a mode's emulation is started with: the proposed overheads and the working set,
 which is not proposed but set (WORKING_SET_KIB)."""
 
-WORKING_SET_KIB = {"event-loop": 512, "thread-pool": 256}
+WORKING_SET_KIB = {"event-loop": 256, "thread-pool": 256}
 """The framework memory each request and each new connection walks, per mode. Not proposed: no
 scenario under load depends on it much (a walk that stays cached costs tens of us, which the
 proposed request overhead then does not charge twice); it sets what an idle moment costs. Chosen
-with `experiments/idle_wake_cost.py` (session 9, 06:30-07:20 UTC): /hello 20 ms after the previous
-answer cost real FastAPI 339 us of CPU more than back to back, Express 687; the emulation with no
-walk 63-91, with 256 KiB 430-530, with 512 KiB 470-877, with 1024 KiB about 1,500. With 256 or 512
-KiB the emulated thread-pool mode's shared socket spread calibrate's 8 connections over 2 workers
-in 6 of 6 tries each (without: 3 of 6; uvicorn 10 of 12)."""
+with `experiments/idle_wake_cost.py` and four full runs (session 9, workload/reference/README.md):
+/hello 20 ms after the previous answer cost real FastAPI 339 us of CPU more than back to back,
+Express 687; the emulation with no walk 63-91, with 256 KiB 430-530, with 512 KiB 470-877. With
+256 or 512 KiB the emulated thread-pool mode's shared socket spread calibrate's 8 connections over
+2 workers in 6 of 6 tries each (without: 3 of 6; uvicorn 10 of 12). Event-loop mode at 512 KiB
+cost 1.30-1.34x Express's CPU per /hello at 1 in flight (the walk partly cold between requests);
+at 256, 1.08."""
 
 
 def propose_overheads(real: dict[str, dict], emulated_at_zero: dict[str, dict]) -> dict[str, int | None]:

@@ -310,6 +310,34 @@ fn connection_overhead_is_charged_once_per_accepted_connection() {
     assert!(kept_rps >= 2000.0, "kept alive {kept_rps:.1} req/s");
 }
 
+/// `LOOPSCALE_WORKING_SET_KIB` is walked by every request, in both modes: 4 MiB (65,536 cache
+/// lines, each load waiting for the one before, beyond any core's own caches) costs about a
+/// millisecond per request in a release build and more in this debug one, so `/hello` falls from
+/// tens of thousands of requests per second to hundreds. What an idle moment does to a small walk depends on the machine's caches, so that is
+/// measured by `workload/reference/calibrate`, not asserted here.
+#[test]
+fn every_request_walks_the_working_set_in_both_modes() {
+    let _serial = serial();
+    for mode in ["event-loop", "thread-pool"] {
+        let plain = Server::start(&[("LOOPSCALE_MODE", mode)]);
+        let bare = eight_loops(&plain, "/hello").run();
+        drop(plain);
+        let walking = Server::start(&[
+            ("LOOPSCALE_MODE", mode),
+            ("LOOPSCALE_WORKING_SET_KIB", "4096"),
+        ]);
+        let walked = eight_loops(&walking, "/hello").run();
+        let (bare_rps, walked_rps) = (bare.summary.throughput_rps, walked.summary.throughput_rps);
+        println!("{mode}: /hello {bare_rps:.1} req/s, walking 4 MiB per request {walked_rps:.1}");
+        assert_all_ok(&bare);
+        assert_all_ok(&walked);
+        assert!(
+            walked_rps * 4.0 < bare_rps,
+            "{mode}: {walked_rps:.1} req/s walking 4 MiB, {bare_rps:.1} without"
+        );
+    }
+}
+
 /// Shared-socket balancing: the connection overhead keeps the worker that accepted a connection
 /// busy, so the other worker, woken by the same burst of 8 new connections, accepts some of the
 /// next ones. Without it the first worker awake takes most or all of them: in this debug build,
