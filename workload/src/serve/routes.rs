@@ -139,8 +139,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/cpu-inline", get(cpu_inline))
         .route("/mixed", get(mixed))
         .route("/offload", get(offload));
-    // Event-loop mode with no overhead has nothing to do per request: skip the layer entirely,
-    // so the bare-framework benchmark measures only what the model needs.
+    // Event-loop mode with no overhead and no working set has nothing to do per request: skip
+    // the layer entirely, so the bare-framework benchmark measures only what the model needs.
     let needs_overhead = state.config.mode == Mode::ThreadPool
         || !state.config.request_overhead.is_zero()
         || !state.working_set.is_empty();
