@@ -439,20 +439,22 @@ spec:
             "workload: {modes: [event-loop, thread-pool], requestOverheadUs: 30, resumeOverheadUs: 90, connectionOverheadUs: 85, workingSetKiB: 256, overheadsByMode: {eventLoop: {requestOverheadUs: 160}, threadPool: {resumeOverheadUs: 146, workingSetKiB: 768}}, gil: false, balancing: round-robin}",
         );
         assert!(validate_manifest(&emulated).is_ok());
-        let out_of_range = emulated.replace("resumeOverheadUs: 146", "resumeOverheadUs: 1000001");
-        let v = violations(&out_of_range);
-        assert_eq!(v.len(), 1, "{v:?}");
-        assert_eq!(
-            v[0].field,
-            "spec.workload.overheadsByMode.threadPool.resumeOverheadUs"
-        );
-        let too_big = emulated.replace("workingSetKiB: 768", "workingSetKiB: 262145");
-        let v = violations(&too_big);
-        assert_eq!(v.len(), 1, "{v:?}");
-        assert_eq!(
-            v[0].field,
-            "spec.workload.overheadsByMode.threadPool.workingSetKiB"
-        );
+        for (valid, too_large, field) in [
+            (
+                "resumeOverheadUs: 146",
+                "resumeOverheadUs: 1000001",
+                "spec.workload.overheadsByMode.threadPool.resumeOverheadUs",
+            ),
+            (
+                "workingSetKiB: 768",
+                "workingSetKiB: 262145",
+                "spec.workload.overheadsByMode.threadPool.workingSetKiB",
+            ),
+        ] {
+            let v = violations(&emulated.replace(valid, too_large));
+            assert_eq!(v.len(), 1, "{too_large}: {v:?}");
+            assert_eq!(v[0].field, field);
+        }
     }
 
     #[test]

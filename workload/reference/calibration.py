@@ -342,6 +342,7 @@ class Knob(NamedTuple):
     field: str
     """Its Experiment field, in `spec.workload.overheadsByMode.<mode>`."""
     unit: str
+    """The suffix of its flag: us or kib."""
 
 
 OVERHEADS = (
@@ -976,13 +977,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", default="calibration.json", help="where to write the results (default calibration.json)")
     parser.add_argument("--workload-bin", help="the loopscale-workload binary (default: $LOOPSCALE_WORKLOAD_BIN, else target/release, built if missing)")
     for mode in MODES:
-        for knob in OVERHEADS:
-            parser.add_argument(f"--{knob.flag}-{mode}-us", type=int, help=f"use this {knob.env} for {mode} mode instead of proposing one")
-        parser.add_argument(
-            f"--{WORKING_SET.flag}-{mode}-kib",
-            type=int,
-            help=f"run the {mode} emulation with this {WORKING_SET.env} (default {WORKING_SET_KIB[mode]})",
-        )
+        for knob in KNOBS:
+            instead = f"(default {WORKING_SET_KIB[mode]})" if knob is WORKING_SET else "instead of proposing one"
+            parser.add_argument(f"--{knob.flag}-{mode}-{knob.unit}", type=int, help=f"use this {knob.env} for {mode} mode {instead}")
     parser.add_argument(
         "--nice",
         type=int,
