@@ -153,53 +153,48 @@ long syscall(long nr, ...) {
     return rc;
 }
 
+// Records an answer or a request of `rc` bytes on `fd` if it has at least `least` bytes, and
+// passes `rc` on: the one body of every I/O hook below.
+static ssize_t noted(int32_t kind, int fd, ssize_t rc, ssize_t least) {
+    if (rc >= least) mark(kind, (uint64_t)fd, (uint64_t)rc);
+    return rc;
+}
+
 ssize_t write(int fd, const void *buf, size_t len) {
     REAL(write);
     ssize_t rc = real(fd, buf, len);
-    if (fd > 2 && rc > 0) mark(WRITE, (uint64_t)fd, (uint64_t)rc);
-    return rc;
+    return fd > 2 ? noted(WRITE, fd, rc, 1) : rc;
 }
 
 ssize_t writev(int fd, const struct iovec *iov, int n) {
     REAL(writev);
-    ssize_t rc = real(fd, iov, n);
-    if (rc > 0) mark(WRITE, (uint64_t)fd, (uint64_t)rc);
-    return rc;
+    return noted(WRITE, fd, real(fd, iov, n), 1);
 }
 
 ssize_t send(int fd, const void *buf, size_t len, int flags) {
     REAL(send);
-    ssize_t rc = real(fd, buf, len, flags);
-    if (rc > 0) mark(WRITE, (uint64_t)fd, (uint64_t)rc);
-    return rc;
+    return noted(WRITE, fd, real(fd, buf, len, flags), 1);
 }
 
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
     REAL(sendmsg);
-    ssize_t rc = real(fd, msg, flags);
-    if (rc > 0) mark(WRITE, (uint64_t)fd, (uint64_t)rc);
-    return rc;
+    return noted(WRITE, fd, real(fd, msg, flags), 1);
 }
 
+// Reads of a few bytes are the loops' own wake-ups (eventfd, pipes), not requests.
 ssize_t read(int fd, void *buf, size_t len) {
     REAL(read);
-    ssize_t rc = real(fd, buf, len);
-    if (rc > 8) mark(READ, (uint64_t)fd, (uint64_t)rc);
-    return rc;
+    return noted(READ, fd, real(fd, buf, len), 9);
 }
 
 ssize_t recv(int fd, void *buf, size_t len, int flags) {
     REAL(recv);
-    ssize_t rc = real(fd, buf, len, flags);
-    if (rc > 8) mark(READ, (uint64_t)fd, (uint64_t)rc);
-    return rc;
+    return noted(READ, fd, real(fd, buf, len, flags), 9);
 }
 
 ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *addr, socklen_t *alen) {
     REAL(recvfrom);
-    ssize_t rc = real(fd, buf, len, flags, addr, alen);
-    if (rc > 8) mark(READ, (uint64_t)fd, (uint64_t)rc);
-    return rc;
+    return noted(READ, fd, real(fd, buf, len, flags, addr, alen), 9);
 }
 
 int epoll_wait(int ep, struct epoll_event *ev, int max, int timeout) {

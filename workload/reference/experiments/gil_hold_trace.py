@@ -25,7 +25,7 @@ working set) plus the given variables. Needs gcc, the reference servers installe
 
 Session 10, 10:00-10:45 UTC, this project's 2-core machine, 8 s windows (FastAPI / the emulation
 / the emulation with `thread-pool-work-after-answer.patch`, not adopted): fast answers 52-93% in
-the runs traced / 46-51% (82% in one) / 51%; last write to GIL release p50 13.8 and 19.0 µs / 1.5 / 21.0; uvloop's
+the runs traced / 46-51% in three runs, 82-93% in three / 51%; last write to GIL release p50 13.8 and 19.0 µs / 1.5 / 21.0; uvloop's
 `with gil` sections per fast answer 4 in 79% (two of them hold it under a microsecond); GIL
 release to next poll p50 6.4 µs of wall time, 6.0 of loop-thread CPU.
 """
@@ -33,7 +33,6 @@ release to next poll p50 6.4 µs of wall time, 6.0 of loop-thread CPU.
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import statistics
 import struct
@@ -153,7 +152,7 @@ def main(argv: list[str]) -> int:
         time.sleep(1.5)  # the tracer writes its log once a second
     finally:
         server.stop()
-    summary = json.loads((work / f"{server.name}-{scenario.name}-r0.json").read_text())["summary"]
+    summary = cal.read_report(work / f"{server.name}-{scenario.name}-r0.json")["summary"]
     print(
         f"{impl} {extra or ''}: /hello under 4 /cpu: mean {summary['latency_ms']['mean']:.2f} ms,"
         f" p50 {m.p50_ms:.2f} ms; /cpu {m.background_throughput_rps:.0f} req/s"
