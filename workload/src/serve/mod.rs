@@ -11,6 +11,7 @@ pub mod fdpass;
 pub mod gil;
 pub mod metrics;
 pub mod pool;
+pub mod ready_order;
 pub mod routes;
 pub mod supervisor;
 pub mod worker;

@@ -33,6 +33,7 @@ use crate::serve::fdpass::PassedConnections;
 use crate::serve::gil::Gil;
 use crate::serve::metrics::WorkerMetrics;
 use crate::serve::pool::BoundedPool;
+use crate::serve::ready_order::{loop_iteration, next_loop_iteration, ReadyOrder};
 use crate::serve::routes::{connection_accepted, router, AppState};
 use crate::serve::working_set::WorkingSet;
 
@@ -217,6 +218,7 @@ pub fn run(config: Config, worker: usize) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(pool_size + 1)
+        .on_thread_park(next_loop_iteration)
         .build();
     let runtime = match runtime {
         Ok(rt) => rt,
@@ -308,13 +310,16 @@ where
     Ok(())
 }
 
-/// A connection's task, polled the way uvloop runs a callback into Python: in thread-pool mode
-/// each poll (reading and parsing a request, the route up to its first wait, writing an answer)
-/// holds the GIL throughout, and the GIL is dropped between polls, when the loop moves on or
-/// blocks in epoll. Polls of other tasks (the lag probe, the accept loop) are libuv's C side and
-/// do not take it. Without a GIL the poll is the inner future's alone.
+/// A connection's task, polled the way libuv serves a socket: in libuv's order of ready sockets
+/// ([`ReadyOrder`]: the ones served in the loop's previous iteration first), and in thread-pool
+/// mode the way uvloop runs a callback into Python: each poll (reading and parsing a request,
+/// the route up to its first wait, writing an answer) holds the GIL throughout, and the GIL is
+/// dropped between polls, when the loop moves on or blocks in epoll. Polls of other tasks (the
+/// lag probe, the accept loop) are libuv's C side and do not take it. Without a GIL the poll is
+/// the inner future's alone.
 struct LoopCallback<F> {
     gil: Arc<Gil>,
+    order: ReadyOrder,
     task: Pin<Box<F>>,
 }
 
@@ -322,6 +327,7 @@ impl<F> LoopCallback<F> {
     fn new(gil: Arc<Gil>, task: F) -> Self {
         LoopCallback {
             gil,
+            order: ReadyOrder::default(),
             task: Box::pin(task),
         }
     }
@@ -332,6 +338,14 @@ impl<F: Future> Future for LoopCallback<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
+        let now = loop_iteration();
+        if this.order.defer(now) {
+            // Behind the tasks this iteration's poll for I/O woke: tokio's current-thread
+            // scheduler queues a task woken from its own thread at the back.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.order.served(now);
         let task = &mut this.task;
         this.gil.hold_on_loop(|| task.as_mut().poll(cx))
     }
