@@ -35,6 +35,7 @@ class ShapeMetrics(unittest.TestCase):
             # A bimodal p50 (one mode or the other per run) is not what is compared: the mean is.
             "hello_under_cpu": [measurement("hello_under_cpu", 80.0, p50=1.0, mean=12.5)],
             "hello_after_idle": [measurement("hello_after_idle", 50.0, p50=0.7, mean=0.9)],
+            "hello_under_cpu_open": [measurement("hello_under_cpu_open", 50.0, p50=60.0, mean=62.9)],
             "io_cost": [measurement("io_cost", 4100.0)],
             "hello_cost": [measurement("hello_cost", 5000.0)],
         }
@@ -45,6 +46,7 @@ class ShapeMetrics(unittest.TestCase):
         self.assertAlmostEqual(m["hello_delay_under_cpu"], (12.5 - 0.25) / cal.CPU_MS)
         self.assertAlmostEqual(m["io_over_hello_throughput"], 0.82)
         self.assertAlmostEqual(m["hello_latency_after_idle"], 3.5)
+        self.assertAlmostEqual(m["hello_delay_under_cpu_open"], (62.9 - 0.9) / cal.CPU_MS)
         self.assertEqual(set(m), set(cal.SHAPE_METRICS) | set(cal.INFORMATION_METRICS))
 
     def test_the_added_latency_does_not_follow_the_cost_of_hello_alone(self) -> None:
@@ -214,6 +216,16 @@ class Proposal(unittest.TestCase):
         self.assertNotIn("--rate", closed)
         # Paired with /hello back to back: both run in one group, on one server, in turn.
         self.assertTrue(any({"hello_alone", "hello_after_idle"} <= set(group) for group in cal.SCENARIO_GROUPS))
+
+    def test_the_open_convoy_sends_at_the_idle_rate_under_cpu_beside_its_baseline(self) -> None:
+        by_name = {s.name: s for s in cal.SCENARIOS}
+        open_ = by_name["hello_under_cpu_open"]
+        self.assertEqual(open_.rate, by_name["hello_after_idle"].rate)
+        self.assertEqual(open_.path, "/hello")
+        self.assertEqual((open_.background_path, open_.background_concurrency), (by_name["hello_under_cpu"].background_path, 4))
+        # Express keeps a /hello 40-80 ms under 4 /cpu: at 50 req/s that is up to 4 in flight.
+        self.assertGreaterEqual(open_.concurrency * 1000 / open_.rate, 80 * 2)
+        self.assertTrue(any({"hello_after_idle", "hello_under_cpu_open"} <= set(group) for group in cal.SCENARIO_GROUPS))
 
 
 class ExperimentSnippet(unittest.TestCase):
