@@ -123,45 +123,54 @@ def analyse(pid: int, events: list) -> None:
         print(f"`with gil` sections per fast answer: {dict(sorted(c.most_common(4)))}")
 
 
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("fastapi", "emulated-thread-pool"):
-        print(__doc__, file=sys.stderr)
-        return 2
-    impl, extra = argv[0], dict(a.split("=", 1) for a in argv[1:])
+def traced_run(
+    impl: str, extra: dict[str, str], scenario: cal.Scenario, duration: float, prefix: str
+) -> tuple[cal.Measurement, dict, int, list]:
+    """Runs `scenario` once on `impl` (1 process) with the tracer preloaded, after priming it; the
+    emulation starts with the latest calibration's knobs plus `extra`. Returns the measurement,
+    the load report's summary, and the traced server's pid and events of the measured window
+    (from the main load's warm-up end to its end, less half a second each side)."""
     cal.check_installed()
     load_bin = cal.find_workload_bin(None)
-    work = Path(tempfile.mkdtemp(prefix="gil-hold-trace-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     tracer = work / "gil_hold_trace.so"
     subprocess.run(
         ["gcc", "-O2", "-shared", "-fPIC", "-o", str(tracer), str(HERE / "gil_hold_trace.c"), "-ldl", "-lpthread"],
         check=True,
     )
     env = {"LD_PRELOAD": str(tracer), "GIL_TRACE_DIR": str(work)}
-    if impl != "fastapi":
-        env.update(cal.overhead_env(cal.experiment_knobs()["thread-pool"]))
+    if impl in cal.MODE_OF:
+        env.update(cal.overhead_env(cal.experiment_knobs()[cal.MODE_OF[impl]]))
     env.update(extra)
-    duration = float(os.environ.get("DUR", "8"))
     settings = cal.Settings(warmup=1.0, duration=duration, repetitions=1, work_dir=work, load_bin=load_bin, prime=3.0)
     server = rs.start(impl, 1, work, load_bin, env)
     try:
         cal.ServerPool(settings).prime(server)
         started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        scenario = cal.Scenario("hello_under_cpu", 1, "/hello", 1, "/cpu?ms=10", 4)
         m = cal.run_scenario(settings, server, scenario, 0)
         ended = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         time.sleep(1.5)  # the tracer writes its log once a second
     finally:
         server.stop()
     summary = cal.read_report(work / f"{server.name}-{scenario.name}-r0.json")["summary"]
+    lo, hi = started + int((settings.warmup + 1.0) * 1e9), ended - 500_000_000
+    traces = [p for p in work.glob("trace.*.bin") if p.stat().st_size > 4]
+    pid, events = read_trace(max(traces, key=lambda p: p.stat().st_size), lo, hi)
+    return m, summary, pid, events
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("fastapi", "emulated-thread-pool"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    impl, extra = argv[0], dict(a.split("=", 1) for a in argv[1:])
+    scenario = cal.Scenario("hello_under_cpu", 1, "/hello", 1, "/cpu?ms=10", 4)
+    m, summary, pid, events = traced_run(impl, extra, scenario, float(os.environ.get("DUR", "8")), "gil-hold-trace-")
     print(
         f"{impl} {extra or ''}: /hello under 4 /cpu: mean {summary['latency_ms']['mean']:.2f} ms,"
         f" p50 {m.p50_ms:.2f} ms; /cpu {m.background_throughput_rps:.0f} req/s"
     )
-    # The window: from the main load's warm-up end to its end, less half a second each side.
-    lo, hi = started + int((settings.warmup + 1.0) * 1e9), ended - 500_000_000
-    traces = [p for p in work.glob("trace.*.bin") if p.stat().st_size > 4]
-    best = max(traces, key=lambda p: p.stat().st_size)
-    analyse(*read_trace(best, lo, hi))
+    analyse(pid, events)
     return 0
 
 

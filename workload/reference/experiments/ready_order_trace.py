@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""In which order a loop serves its ready sockets while CPU work blocks it (session 11; see
+../README.md, "Session 11", and workload/src/serve/ready_order.rs).
+
+Starts one implementation (1 process) with the `gil_hold_trace.c` tracer, primes it, and runs
+`/hello` at a constant 100 req/s (open model, up to 16 connections) while 4 closed loops of
+`/cpu?ms=10` keep the loop busy, for 5 s. From the trace of the loop thread it splits the reads
+into loop iterations (one per `epoll_wait`), tells the `/cpu` sockets from the `/hello` ones (a
+read of `/cpu` is followed by 10 ms of work before the loop's next event), and prints how many
+`/cpu` reads came before each `/hello` read in its iteration, and the first iterations as letters
+(C: a `/cpu` read, h: a `/hello` read).
+
+    workload/reference/experiments/ready_order_trace.py express
+    workload/reference/experiments/ready_order_trace.py emulated-event-loop [ENV=VALUE ...]
+
+Session 11, 12:48-12:52 UTC, this project's 2-core machine: Express read all 4 `/cpu` before
+397 of 405 `/hello` (`CCCChhhh` each iteration; /hello p50 63.5 ms); the emulation without the
+order of ready sockets (arrival order) 0, 1, 2 or 3 `/cpu` before about a quarter each
+(`hChChChC`; p50 37.0 ms), with it 4 before 400 of 405 (p50 62.9 ms). With the request overhead
+at 0 the emulation parks before the last `/cpu`'s next request is in, and that one starts an
+iteration of its own (`CCChhh`, p50 47 ms): the work after the answer keeps the loop busy until
+it is in, on Express as in the emulation at the calibrated overhead. Again at 13:46 UTC: Express
+453 of 458 after all 4 (p50 62.6 ms), the emulation 448 of 453 (p50 62.0 ms).
+
+The emulation starts with `calibration.experiment_knobs()` plus the given variables. Needs gcc,
+the reference servers installed (workload/reference/install) and a release build.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import calibration as cal  # noqa: E402
+from gil_hold_trace import EPOLL_ENTER, WRITE, traced_run  # noqa: E402
+
+READ = 5000
+CPU_GAP_NS = 5_000_000
+
+
+def analyse(events: list) -> None:
+    reads = Counter(e[0] for e in events if e[1] == READ)
+    if not reads:
+        print("no reads traced")
+        return
+    loop_tid = reads.most_common(1)[0][0]
+    loop = [e for e in events if e[0] == loop_tid and e[1] in (READ, EPOLL_ENTER, WRITE)]
+    gaps: dict[int, list[bool]] = {}
+    for a, b in zip(loop, loop[1:]):
+        if a[1] == READ:
+            gaps.setdefault(a[2], []).append(b[3] - a[3] > CPU_GAP_NS)
+    cpu_fds = {fd for fd, long in gaps.items() if sum(long) > len(long) / 2}
+    iterations: list[list[int]] = [[]]
+    for e in loop:
+        if e[1] == EPOLL_ENTER:
+            iterations.append([])
+        elif e[1] == READ:
+            iterations[-1].append(e[2])
+    iterations = [i for i in iterations if i]
+    ahead = []
+    for fds in iterations:
+        seen = 0
+        for fd in fds:
+            if fd in cpu_fds:
+                seen += 1
+            else:
+                ahead.append(seen)
+    per_iteration = statistics.mean(sum(fd in cpu_fds for fd in fds) for fds in iterations)
+    print(f"/cpu sockets {sorted(cpu_fds)}; {len(iterations)} iterations, {per_iteration:.2f} /cpu reads each")
+    if ahead:
+        print(
+            f"/cpu reads before each /hello read in its iteration: mean {statistics.mean(ahead):.2f},"
+            f" count by number {dict(sorted(Counter(ahead).items()))}"
+        )
+    print("first iterations:", " ".join("".join("C" if fd in cpu_fds else "h" for fd in fds) for fds in iterations[:20]))
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("express", "fastapi", "emulated-event-loop", "emulated-thread-pool"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    impl, extra = argv[0], dict(a.split("=", 1) for a in argv[1:])
+    scenario = cal.Scenario("hello_open_under_cpu", 1, "/hello", 16, f"/cpu?ms={cal.CPU_MS}", 4, rate=100.0)
+    _, summary, _, events = traced_run(impl, extra, scenario, 5.0, "ready-order-trace-")
+    latency = summary["latency_ms"]
+    print(f"{impl} {extra or ''}: /hello at 100 req/s under 4 /cpu: p50 {latency['p50']:.1f} ms, mean {latency['mean']:.1f} ms")
+    analyse(events)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
