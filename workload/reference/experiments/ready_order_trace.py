@@ -12,6 +12,9 @@ read of `/cpu` is followed by 10 ms of work before the loop's next event), and p
 
     workload/reference/experiments/ready_order_trace.py express
     workload/reference/experiments/ready_order_trace.py emulated-event-loop [ENV=VALUE ...]
+    CLOSED=1 workload/reference/experiments/ready_order_trace.py express
+
+CLOSED=1 runs calibrate's closed-model `hello_under_cpu` instead (`/hello` at 1 in flight).
 
 Session 11, 12:48-12:52 UTC, this project's 2-core machine: Express read all 4 `/cpu` before
 397 of 405 `/hello` (`CCCChhhh` each iteration; /hello p50 63.5 ms); the emulation without the
@@ -20,7 +23,12 @@ order of ready sockets (arrival order) 0, 1, 2 or 3 `/cpu` before about a quarte
 at 0 the emulation parks before the last `/cpu`'s next request is in, and that one starts an
 iteration of its own (`CCChhh`, p50 47 ms): the work after the answer keeps the loop busy until
 it is in, on Express as in the emulation at the calibrated overhead. Again at 13:46 UTC: Express
-453 of 458 after all 4 (p50 62.6 ms), the emulation 448 of 453 (p50 62.0 ms).
+453 of 458 after all 4 (p50 62.6 ms), the emulation 448 of 453 (p50 62.0 ms). With CLOSED=1
+(13:21 UTC, a scratch copy of this script): Express read the `/hello` last in 60 of the 69
+iterations that read it (`CCCCh CCCC CCCCh`: a third of its iterations read none; p50 42 ms,
+p90 84, mean 58), the emulation first in 114 of 114 (`hCCC`; p50 41 ms, p90 41, mean 36). With this script at
+14:05 UTC: Express after 3 or 4 `/cpu` in 74 of 75 (p50 44 ms, p90 85, mean 59), the emulation
+first in 133 of 133 (p50 31 ms, p90 42, mean 34).
 
 The emulation starts with `calibration.experiment_knobs()` plus the given variables. Needs gcc,
 the reference servers installed (workload/reference/install) and a release build.
@@ -28,6 +36,7 @@ the reference servers installed (workload/reference/install) and a release build
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 from collections import Counter
@@ -84,10 +93,18 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     impl, extra = argv[0], dict(a.split("=", 1) for a in argv[1:])
-    scenario = cal.Scenario("hello_open_under_cpu", 1, "/hello", 16, f"/cpu?ms={cal.CPU_MS}", 4, rate=100.0)
+    if os.environ.get("CLOSED"):
+        scenario = cal.Scenario("hello_under_cpu", 1, "/hello", 1, f"/cpu?ms={cal.CPU_MS}", 4)
+        load = "/hello at 1 in flight"
+    else:
+        scenario = cal.Scenario("hello_open_under_cpu", 1, "/hello", 16, f"/cpu?ms={cal.CPU_MS}", 4, rate=100.0)
+        load = "/hello at 100 req/s"
     _, summary, _, events = traced_run(impl, extra, scenario, 5.0, "ready-order-trace-")
     latency = summary["latency_ms"]
-    print(f"{impl} {extra or ''}: /hello at 100 req/s under 4 /cpu: p50 {latency['p50']:.1f} ms, mean {latency['mean']:.1f} ms")
+    print(
+        f"{impl} {extra or ''}: {load} under 4 /cpu: p50 {latency['p50']:.1f} ms, p90 {latency['p90']:.1f} ms,"
+        f" mean {latency['mean']:.1f} ms"
+    )
     analyse(events)
     return 0
 
