@@ -48,7 +48,7 @@ sys.path.insert(0, str(HERE.parent))
 import calibration as cal  # noqa: E402
 import reference_servers as rs  # noqa: E402
 
-WAIT_SIGNALLED, WAIT_TIMED_OUT, WRITE, FUTEX_WOKE, EPOLL_ENTER = 0, 110, 1000, 3000, 4000
+WAIT_SIGNALLED, WAIT_TIMED_OUT, WRITE, FUTEX_WOKE, EPOLL_ENTER, READ = 0, 110, 1000, 3000, 4000, 5000
 GIL_ENSURE, GIL_RELEASE = 2001, 2003
 FAST_MS = 1.0
 

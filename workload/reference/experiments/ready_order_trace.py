@@ -45,9 +45,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import calibration as cal  # noqa: E402
-from gil_hold_trace import EPOLL_ENTER, WRITE, traced_run  # noqa: E402
+from gil_hold_trace import EPOLL_ENTER, READ, WRITE, traced_run  # noqa: E402
 
-READ = 5000
 CPU_GAP_NS = 5_000_000
 
 

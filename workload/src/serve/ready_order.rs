@@ -10,8 +10,8 @@
 //! The difference shows when CPU work blocks the loop. With 4 `/cpu?ms=10` connections always
 //! busy, each iteration serves those 4 (40 ms), and a `/hello` sent at a constant rate arrives
 //! during one: Express served it after all 4 `/cpu` of the next iteration in 397 of 405 cases
-//! (p50 63 ms), the emulation in arrival order, after 0-3 of them (p50 37 ms). Traced with
-//! `workload/reference/experiments/gil_hold_trace.c` on both (session 11, see
+//! (p50 63 ms), the emulation in arrival order, after 0-3 of them (p50 37 ms). Traced on both
+//! with `workload/reference/experiments/ready_order_trace.py` (session 11, see
 //! `workload/reference/README.md`). A closed-model `/hello` does not show it: its connection is
 //! served every iteration, so it is always among the first.
 //!
