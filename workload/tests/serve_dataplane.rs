@@ -223,9 +223,6 @@ fn request_overhead_is_cpu_on_the_loop_for_every_request() {
     assert!((130.0..=210.0).contains(&rps), "{rps:.1} req/s");
 }
 
-/// Event-loop mode spends a third of the request overhead after the answer, as Node does: a
-/// request that finds the loop idle is answered after two thirds of it, but the loop stays busy
-/// for the rest, so back-to-back requests on one connection still pay all of it each.
 #[test]
 fn the_loop_serves_the_sockets_it_served_last_first_as_libuv() {
     let _serial = serial();
@@ -268,6 +265,9 @@ fn the_loop_serves_the_sockets_it_served_last_first_as_libuv() {
     );
 }
 
+/// Event-loop mode spends a third of the request overhead after the answer, as Node does: a
+/// request that finds the loop idle is answered after two thirds of it, but the loop stays busy
+/// for the rest, so back-to-back requests on one connection still pay all of it each.
 #[test]
 fn event_loop_answers_before_the_last_third_of_the_request_overhead() {
     let _serial = serial();

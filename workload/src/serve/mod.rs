@@ -4,6 +4,7 @@
 //! this binary once per worker with the internal `LOOPSCALE_WORKER_INDEX` set. See
 //! `workload/README.md` for settings, routes, limits, metrics and the model.
 
+pub mod after_callback;
 pub mod config;
 pub mod control;
 pub mod cpu;

@@ -12,17 +12,35 @@
 //! during one: Express served it after all 4 `/cpu` of the next iteration in 397 of 405 cases
 //! (p50 63 ms), the emulation in arrival order, after 0-3 of them (p50 37 ms). Traced on both
 //! with `workload/reference/experiments/ready_order_trace.py` (session 11, see
-//! `workload/reference/README.md`). A closed-model `/hello` does not show it: its connection is
-//! served every iteration, so it is always among the first.
+//! `workload/reference/README.md`). A closed-model `/hello` (1 in flight) shows it too: its
+//! connection, opened while the loop is busy, is read after the `/cpu` ones from then on, and the
+//! socket an iteration answers last often misses the next `epoll_wait` (see
+//! `crate::serve::after_callback`), so it waits two iterations instead of one.
 //!
-//! The model: a connection's task that was not polled in the loop's previous iteration (it became
-//! ready during that one, or is new) defers its first poll of an iteration once, to the back of
-//! the run queue, behind the tasks the same `epoll_wait` woke. What counts as an iteration is
-//! each time the worker's loop parks ([`next_loop_iteration`], tokio's `on_thread_park`): the
-//! polls tokio makes without parking (every 61 tasks, or for tasks that yielded) are part of the
-//! iteration they interrupt.
+//! The model: a connection's task that did not read from its socket in the loop's previous
+//! iteration (it became ready during that one, or is new) defers its first poll of an iteration
+//! once, to the back of the run queue, behind the tasks the same `epoll_wait` woke. What counts
+//! as an iteration is each time the worker's loop parks ([`next_loop_iteration`], tokio's
+//! `on_thread_park`): the polls tokio makes without parking (every 61 tasks, or for tasks that
+//! yielded) are part of the iteration they interrupt.
+//!
+//! "Served" means a read that returned data ([`MarkReads`]), not any poll: a poll that finds the
+//! socket empty (a new connection accepted before its request is in, a wake by a timer or by the
+//! thread pool) is not epoll reporting the socket, and does not put it at the head of libuv's
+//! list. Counting those polls let a closed-model `/hello` connection accepted in the middle of an
+//! iteration go first in every later one (`hCCC`, mean 33 ms), where Express reads it after the
+//! `/cpu` sockets and, its answer being the iteration's last, it often misses the next
+//! `epoll_wait` (`CCCCh CCCC`, mean 50-67 ms in five runs; session 12,
+//! `CLOSED=1 ready_order_trace.py`).
 
 use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 thread_local! {
     /// The current iteration of this thread's loop (a worker's loop is one thread).
@@ -64,9 +82,89 @@ impl ReadyOrder {
         true
     }
 
-    /// The task was polled (served) in iteration `now`.
+    /// The connection read data (epoll reported its socket) in iteration `now`.
     pub fn served(&mut self, now: u64) {
         self.served_in = now;
+    }
+}
+
+/// The loop iteration in which a connection's socket last returned data, shared by the socket's
+/// wrapper ([`MarkReads`], which sets it) and the connection's task (which reads it after each
+/// poll). One task owns both, so the ordering is relaxed.
+#[derive(Debug, Default, Clone)]
+pub struct ReadMark(Arc<AtomicU64>);
+
+impl ReadMark {
+    /// The iteration of the last read that returned data (0: none yet).
+    pub fn read_in(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection's socket that marks, in its [`ReadMark`], the loop iteration of each read that
+/// returns data. Writes pass through.
+#[derive(Debug)]
+pub struct MarkReads<T> {
+    inner: T,
+    mark: ReadMark,
+}
+
+impl<T> MarkReads<T> {
+    /// Wraps `inner`; the returned mark follows its reads.
+    pub fn new(inner: T) -> (Self, ReadMark) {
+        let mark = ReadMark::default();
+        (
+            MarkReads {
+                inner,
+                mark: mark.clone(),
+            },
+            mark,
+        )
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for MarkReads<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.mark.0.store(loop_iteration(), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for MarkReads<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -108,6 +206,39 @@ mod tests {
         assert!(!order.defer(5));
         order.served(5);
         assert!(!order.defer(6));
+    }
+
+    #[tokio::test]
+    async fn only_reads_that_return_data_mark_the_iteration() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(64);
+        let (mut server, mark) = MarkReads::new(server);
+        let mut client = client;
+        let mut buf = [0u8; 16];
+        let empty = futures_poll_once(server.read(&mut buf));
+        assert!(empty.is_none(), "nothing to read yet");
+        assert_eq!(mark.read_in(), 0, "a read that found nothing marks nothing");
+        next_loop_iteration();
+        client.write_all(b"GET /").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 5);
+        assert_eq!(mark.read_in(), loop_iteration());
+        let marked = mark.read_in();
+        next_loop_iteration();
+        server.write_all(b"ok").await.unwrap();
+        assert_eq!(mark.read_in(), marked, "writes do not mark");
+        drop(client);
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(mark.read_in(), marked, "the end of the stream is not data");
+    }
+
+    /// Polls `future` once with a waker that does nothing.
+    fn futures_poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => Some(out),
+            Poll::Pending => None,
+        }
     }
 
     #[test]

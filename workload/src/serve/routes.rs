@@ -14,6 +14,7 @@
 //! for each request), two thirds before and a third after the answer in event-loop mode, as Node.
 //! Probes and `/metrics` skip it so that observing does not perturb the measurement.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
+use crate::serve::after_callback::after_this_callback;
 use crate::serve::config::{Config, Mode};
 use crate::serve::cpu::burn_cpu;
 use crate::serve::gil::{Gil, GilThread};
@@ -285,23 +287,24 @@ fn loop_work(s: &AppState, work: Duration) {
 /// and `connection_made`, Node's socket and parser), and of tearing it down later, paid on the
 /// loop as one callback of its own.
 pub fn connection_accepted(s: &AppState) {
-    framework_entry(s, s.config.connection_overhead);
+    framework_entry(s, s.config.connection_overhead, 0..s.working_set.len());
 }
 
 /// A callback that enters the framework's code for a request or a connection: it walks the
-/// framework's memory (cheap when cached, dear after an idle moment; see `working_set`), then
-/// spends `work` of CPU, both as [`loop_work`] does (under the GIL in thread-pool mode).
-fn framework_entry(s: &AppState, work: Duration) {
+/// `walk` steps of the framework's memory (cheap when cached, dear after an idle moment; see
+/// `working_set`), then spends `work` of CPU, both as [`loop_work`] does (under the GIL in
+/// thread-pool mode).
+fn framework_entry(s: &AppState, work: Duration, walk: Range<usize>) {
     if s.working_set.is_empty() {
         return loop_work(s, work);
     }
     match s.config.mode {
         Mode::ThreadPool => s.gil.hold_on_loop(|| {
-            s.working_set.walk();
+            s.working_set.walk_steps(walk);
             s.gil.run_cpu(GilThread::Loop, work);
         }),
         Mode::EventLoop => {
-            s.working_set.walk();
+            s.working_set.walk_steps(walk);
             loop_work(s, work);
         }
     }
@@ -346,25 +349,28 @@ pub const EVENT_LOOP_AFTER_ANSWER_SHARE: f64 = 1.0 / 3.0;
 /// convoy less like FastAPI's; see `workload/reference/README.md`.)
 async fn request_overhead(State(s): Shared, req: Request, next: Next) -> Response {
     let overhead = s.config.request_overhead;
+    let whole_walk = 0..s.working_set.len();
     let after_answer = match s.config.mode {
         Mode::ThreadPool => {
             let read = overhead.mul_f64(READ_CALLBACK_SHARE);
-            framework_entry(&s, read);
+            framework_entry(&s, read, whole_walk);
             tokio::task::yield_now().await;
             loop_work(&s, overhead.saturating_sub(read));
-            Duration::ZERO
+            None
         }
         Mode::EventLoop => {
             let after = overhead.mul_f64(EVENT_LOOP_AFTER_ANSWER_SHARE);
-            framework_entry(&s, overhead.saturating_sub(after));
-            after
+            let split = whole_walk.end
+                - (whole_walk.end as f64 * EVENT_LOOP_AFTER_ANSWER_SHARE).round() as usize;
+            framework_entry(&s, overhead.saturating_sub(after), 0..split);
+            Some((after, split..whole_walk.end))
         }
     };
     let response = next.run(req).await;
-    if !after_answer.is_zero() {
-        // A task of its own runs once this connection's poll has written the answer and yielded,
-        // and before the loop polls for I/O again: after the answer, as Node.
-        tokio::spawn(async move { loop_work(&s, after_answer) });
+    if let Some((work, walk)) = after_answer {
+        // Once this connection's poll has written the answer, before the loop serves the next
+        // connection: as Node, in the same callback, with its share of the framework's memory.
+        after_this_callback(move || framework_entry(&s, work, walk));
     }
     response
 }

@@ -27,13 +27,16 @@ use hyper_util::service::TowerToHyperService;
 use prometheus::Histogram;
 use tokio::sync::{oneshot, Notify};
 
+use crate::serve::after_callback::run_after_callback;
 use crate::serve::config::{Balancing, Config, Mode};
 use crate::serve::control::{read_message, Message};
 use crate::serve::fdpass::PassedConnections;
 use crate::serve::gil::Gil;
 use crate::serve::metrics::WorkerMetrics;
 use crate::serve::pool::BoundedPool;
-use crate::serve::ready_order::{loop_iteration, next_loop_iteration, ReadyOrder};
+use crate::serve::ready_order::{
+    loop_iteration, next_loop_iteration, MarkReads, ReadMark, ReadyOrder,
+};
 use crate::serve::routes::{connection_accepted, router, AppState};
 use crate::serve::working_set::WorkingSet;
 
@@ -300,9 +303,10 @@ where
         };
         connection_accepted(&state);
         let service = TowerToHyperService::new(app.clone());
+        let (io, reads) = MarkReads::new(io);
         let connection = http.serve_connection(TokioIo::new(io), service);
         let connection = connections.watch(connection);
-        tokio::spawn(LoopCallback::new(state.gil.clone(), connection));
+        tokio::spawn(LoopCallback::new(state.gil.clone(), reads, connection));
     }
     drop(listener);
     tracing::debug!(worker, "not accepting; draining open connections");
@@ -311,7 +315,7 @@ where
 }
 
 /// A connection's task, polled the way libuv serves a socket: in libuv's order of ready sockets
-/// ([`ReadyOrder`]: the ones served in the loop's previous iteration first), and in thread-pool
+/// ([`ReadyOrder`]: the ones that read a request in the loop's previous iteration first), and in thread-pool
 /// mode the way uvloop runs a callback into Python: each poll (reading and parsing a request,
 /// the route up to its first wait, writing an answer) holds the GIL throughout, and the GIL is
 /// dropped between polls, when the loop moves on or blocks in epoll. Polls of other tasks (the
@@ -320,14 +324,17 @@ where
 struct LoopCallback<F> {
     gil: Arc<Gil>,
     order: ReadyOrder,
+    /// When the connection's socket last returned data.
+    reads: ReadMark,
     task: Pin<Box<F>>,
 }
 
 impl<F> LoopCallback<F> {
-    fn new(gil: Arc<Gil>, task: F) -> Self {
+    fn new(gil: Arc<Gil>, reads: ReadMark, task: F) -> Self {
         LoopCallback {
             gil,
             order: ReadyOrder::default(),
+            reads,
             task: Box::pin(task),
         }
     }
@@ -345,8 +352,108 @@ impl<F: Future> Future for LoopCallback<F> {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        this.order.served(now);
         let task = &mut this.task;
-        this.gil.hold_on_loop(|| task.as_mut().poll(cx))
+        let polled = this.gil.hold_on_loop(|| {
+            let polled = task.as_mut().poll(cx);
+            run_after_callback();
+            polled
+        });
+        if this.reads.read_in() == now {
+            this.order.served(now);
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::after_callback::after_this_callback;
+    use crate::serve::ready_order::loop_iteration;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+    fn poll_once<F: Future>(callback: &mut LoopCallback<F>) -> Poll<F::Output> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(callback).poll(&mut cx)
+    }
+
+    #[test]
+    fn work_left_by_a_poll_runs_before_the_callback_returns() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let flag = ran.clone();
+        let inner = std::future::poll_fn(move |_| {
+            let flag = flag.clone();
+            after_this_callback(move || {
+                flag.fetch_add(1, Ordering::Relaxed);
+            });
+            Poll::<()>::Pending
+        });
+        let mut callback = LoopCallback::new(Arc::new(Gil::disabled()), ReadMark::default(), inner);
+        assert!(poll_once(&mut callback).is_pending());
+        assert_eq!(
+            ran.load(Ordering::Relaxed),
+            0,
+            "a new connection's first poll defers"
+        );
+        assert!(poll_once(&mut callback).is_pending());
+        assert_eq!(
+            ran.load(Ordering::Relaxed),
+            1,
+            "the work after the answer ran inside the callback, not in a task queued behind others"
+        );
+    }
+
+    /// A connection counts as served in an iteration when it read data in it, as epoll reports a
+    /// socket only when it has some: a poll that finds nothing (a new connection accepted before
+    /// its request is in, a wake by a timer) does not put it ahead in the next iteration.
+    #[tokio::test]
+    async fn only_a_poll_that_reads_data_counts_as_served() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let (mut server, reads) = MarkReads::new(server);
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counted = polls.clone();
+        let inner = std::future::poll_fn(move |cx| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let mut buf = [0u8; 16];
+            let _ = Pin::new(&mut server).poll_read(cx, &mut ReadBuf::new(&mut buf));
+            Poll::<()>::Pending
+        });
+        let mut callback = LoopCallback::new(Arc::new(Gil::disabled()), reads, inner);
+        let inner_polls = |callback: &mut LoopCallback<_>| {
+            let before = polls.load(Ordering::Relaxed);
+            let _ = poll_once(callback);
+            polls.load(Ordering::Relaxed) - before
+        };
+
+        // New, with a request in: deferred once, then served.
+        client.write_all(b"GET /hello").await.unwrap();
+        assert_eq!(inner_polls(&mut callback), 0, "new: deferred");
+        assert_eq!(inner_polls(&mut callback), 1, "then served (it reads)");
+        let read_in = loop_iteration();
+
+        // The next iteration: it read in the one before, so it goes ahead; nothing to read.
+        next_loop_iteration();
+        assert_eq!(
+            inner_polls(&mut callback),
+            1,
+            "read in {read_in}: goes ahead"
+        );
+
+        // Polled in the previous iteration, but it read nothing there: behind the others.
+        next_loop_iteration();
+        client.write_all(b"GET /hello").await.unwrap();
+        assert_eq!(
+            inner_polls(&mut callback),
+            0,
+            "polled without a read: deferred"
+        );
+        assert_eq!(inner_polls(&mut callback), 1);
+        next_loop_iteration();
+        assert_eq!(
+            inner_polls(&mut callback),
+            1,
+            "read in the iteration before: ahead"
+        );
     }
 }

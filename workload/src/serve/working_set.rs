@@ -11,6 +11,7 @@
 //! as the node's caches lose.
 
 use std::hint::black_box;
+use std::ops::Range;
 
 use rand::seq::SliceRandom;
 
@@ -27,6 +28,9 @@ pub const LINE_BYTES: usize = 64;
 /// A per-process buffer walked once per framework callback that touches the framework's memory.
 pub struct WorkingSet {
     lines: Box<[Line]>,
+    /// The cycle's lines in walking order (`cycle[i + 1] == lines[cycle[i]].next`), so that a
+    /// callback can walk a part of it from anywhere.
+    cycle: Box<[u32]>,
 }
 
 impl std::fmt::Debug for WorkingSet {
@@ -46,7 +50,15 @@ impl WorkingSet {
         for (i, &from) in order.iter().enumerate() {
             lines[from as usize].next = order[(i + 1) % count];
         }
-        WorkingSet { lines }
+        WorkingSet {
+            lines,
+            cycle: order.into_boxed_slice(),
+        }
+    }
+
+    /// The number of lines: the steps of a whole walk.
+    pub fn len(&self) -> usize {
+        self.lines.len()
     }
 
     /// Whether walking does anything.
@@ -57,18 +69,23 @@ impl WorkingSet {
     /// Loads every line once, each load waiting for the one before (the next index is in it).
     /// Returns the number of lines visited, which is the buffer's length when the cycle is whole.
     pub fn walk(&self) -> usize {
-        if self.lines.is_empty() {
+        self.walk_steps(0..self.len())
+    }
+
+    /// Loads the lines of the steps `steps` of the whole walk, in its order: a framework's work
+    /// split over two callbacks (Node's before and after the answer) touches its memory in two
+    /// parts, and the two parts of one request touch each line once, as a whole walk does.
+    /// Returns the number of lines visited.
+    pub fn walk_steps(&self, steps: Range<usize>) -> usize {
+        let steps = steps.start..steps.end.min(self.len());
+        let Some(&first) = self.cycle.get(steps.start) else {
             return 0;
-        }
-        let mut at = 0_u32;
-        let mut visited = 0;
-        loop {
+        };
+        let mut at = first;
+        for _ in steps.clone() {
             at = black_box(self.lines[at as usize].next);
-            visited += 1;
-            if at == 0 {
-                return visited;
-            }
         }
+        steps.len()
     }
 }
 
@@ -83,6 +100,26 @@ mod tests {
             assert_eq!(set.walk(), kib * 1024 / LINE_BYTES, "{kib} KiB");
             assert_eq!(set.walk(), kib * 1024 / LINE_BYTES, "{kib} KiB, again");
         }
+    }
+
+    #[test]
+    fn two_parts_walk_the_lines_of_a_whole_walk() {
+        let set = WorkingSet::new(64);
+        let split = set.len() * 2 / 3;
+        assert_eq!(set.walk_steps(0..split), split);
+        assert_eq!(set.walk_steps(split..set.len()), set.len() - split);
+        // The part after the split starts where the first ends: the cycle's own next pointers.
+        let mut at = set.cycle[0];
+        for _ in 0..split {
+            at = set.lines[at as usize].next;
+        }
+        assert_eq!(at, set.cycle[split]);
+        assert_eq!(
+            set.walk_steps(split..usize::MAX),
+            set.len() - split,
+            "clamped"
+        );
+        assert_eq!(set.walk_steps(set.len()..set.len() + 5), 0);
     }
 
     #[test]
