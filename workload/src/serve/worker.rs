@@ -315,12 +315,13 @@ where
 }
 
 /// A connection's task, polled the way libuv serves a socket: in libuv's order of ready sockets
-/// ([`ReadyOrder`]: the ones that read a request in the loop's previous iteration first), and in thread-pool
-/// mode the way uvloop runs a callback into Python: each poll (reading and parsing a request,
-/// the route up to its first wait, writing an answer) holds the GIL throughout, and the GIL is
-/// dropped between polls, when the loop moves on or blocks in epoll. Polls of other tasks (the
-/// lag probe, the accept loop) are libuv's C side and do not take it. Without a GIL the poll is
-/// the inner future's alone.
+/// ([`ReadyOrder`]: the ones that read a request in the loop's previous iteration first), with
+/// the work the poll left for after its answer run before the poll returns (Node's, see
+/// `after_callback`), and in thread-pool mode the way uvloop runs a callback into Python: each
+/// poll (reading and parsing a request, the route up to its first wait, writing an answer) holds
+/// the GIL throughout, and the GIL is dropped between polls, when the loop moves on or blocks in
+/// epoll. Polls of other tasks (the lag probe, the accept loop) are libuv's C side and do not
+/// take it. Without a GIL the poll is the inner future's alone.
 struct LoopCallback<F> {
     gil: Arc<Gil>,
     order: ReadyOrder,
