@@ -67,13 +67,13 @@ def analyse(events: list) -> None:
         if a[1] == READ:
             gaps.setdefault(a[2], []).append(b[3] - a[3] > CPU_GAP_NS)
     cpu_fds = {fd for fd, long in gaps.items() if sum(long) > len(long) / 2}
-    iterations: list[list[int]] = [[]]
+    # The loop's events split at each epoll_wait: each span after the first starts with one.
+    spans: list[list] = [[]]
     for e in loop:
         if e[1] == EPOLL_ENTER:
-            iterations.append([])
-        elif e[1] == READ:
-            iterations[-1].append(e[2])
-    iterations = [i for i in iterations if i]
+            spans.append([])
+        spans[-1].append(e)
+    iterations = [fds for fds in ([e[2] for e in span if e[1] == READ] for span in spans) if fds]
     ahead = []
     for fds in iterations:
         seen = 0
@@ -90,23 +90,23 @@ def analyse(events: list) -> None:
             f" count by number {dict(sorted(Counter(ahead).items()))}"
         )
     print("first iterations:", " ".join("".join("C" if fd in cpu_fds else "h" for fd in fds) for fds in iterations[:20]))
-    after_last_answer(loop, cpu_fds)
+    after_last_answer(spans[1:], cpu_fds)
 
 
-def after_last_answer(loop: list, cpu_fds: set[int]) -> None:
+def after_last_answer(spans: list[list], cpu_fds: set[int]) -> None:
     """How long the loop works after an iteration's last answer before it polls again, and
-    whether that socket's next request made it into the next iteration (session 12)."""
-    sockets = {e[2] for e in loop if e[1] == READ}
-    polls = [i for i, e in enumerate(loop) if e[1] == EPOLL_ENTER]
+    whether that socket's next request made it into the next iteration (session 12). `spans`:
+    the loop's events from one epoll_wait to the next."""
+    sockets = {e[2] for span in spans for e in span if e[1] == READ}
     for label, is_cpu in (("/hello", False), ("/cpu", True)):
         gaps, missed = [], 0
-        for start, poll, end in zip(polls, polls[1:], polls[2:] + [len(loop)]):
-            answers = [e for e in loop[start:poll] if e[1] == WRITE and e[2] in sockets]
+        for span, following in zip(spans, spans[1:]):
+            answers = [e for e in span if e[1] == WRITE and e[2] in sockets]
             if not answers or (answers[-1][2] in cpu_fds) != is_cpu:
                 continue
             last = answers[-1]
-            gaps.append((loop[poll][3] - last[3]) / 1000)
-            missed += not any(e[1] == READ and e[2] == last[2] for e in loop[poll:end])
+            gaps.append((following[0][3] - last[3]) / 1000)
+            missed += not any(e[1] == READ and e[2] == last[2] for e in following)
         if gaps:
             print(
                 f"iterations answering a {label} last: {len(gaps)}; from that answer to the next epoll_wait"

@@ -13,26 +13,25 @@
 //! 12, `CLOSED=1 workload/reference/experiments/ready_order_trace.py`).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 
 /// Work left for after the current callback.
 type Work = Box<dyn FnOnce()>;
 
 thread_local! {
-    static AFTER_CALLBACK: RefCell<Vec<Work>> = const { RefCell::new(Vec::new()) };
+    static AFTER_CALLBACK: RefCell<VecDeque<Work>> = const { RefCell::new(VecDeque::new()) };
 }
 
 /// Leaves `work` for when the current loop callback returns.
 pub fn after_this_callback(work: impl FnOnce() + 'static) {
-    AFTER_CALLBACK.with(|w| w.borrow_mut().push(Box::new(work)));
+    AFTER_CALLBACK.with(|w| w.borrow_mut().push_back(Box::new(work)));
 }
 
 /// Runs the work left by the callback that just returned, in the order it was left, including
 /// work that work leaves.
 pub fn run_after_callback() {
-    while let Some(work) = AFTER_CALLBACK.with(|w| {
-        let mut w = w.borrow_mut();
-        (!w.is_empty()).then(|| w.remove(0))
-    }) {
+    // Taken one at a time, so that work may leave more without the queue being borrowed.
+    while let Some(work) = AFTER_CALLBACK.with(|w| w.borrow_mut().pop_front()) {
         work();
     }
 }

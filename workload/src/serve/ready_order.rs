@@ -168,6 +168,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MarkReads<T> {
     }
 }
 
+/// Polls `future` once with a waker that does nothing: how the tests of a connection's task and
+/// socket (here and in `worker`) step them without a runtime's scheduling.
+#[cfg(test)]
+pub(crate) fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,7 +227,7 @@ mod tests {
         let (mut server, mark) = MarkReads::new(server);
         let mut client = client;
         let mut buf = [0u8; 16];
-        let empty = futures_poll_once(server.read(&mut buf));
+        let empty = poll_once(server.read(&mut buf));
         assert!(empty.is_none(), "nothing to read yet");
         assert_eq!(mark.read_in(), 0, "a read that found nothing marks nothing");
         next_loop_iteration();
@@ -229,16 +241,6 @@ mod tests {
         drop(client);
         assert_eq!(server.read(&mut buf).await.unwrap(), 0);
         assert_eq!(mark.read_in(), marked, "the end of the stream is not data");
-    }
-
-    /// Polls `future` once with a waker that does nothing.
-    fn futures_poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
-        let mut future = std::pin::pin!(future);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match future.as_mut().poll(&mut cx) {
-            Poll::Ready(out) => Some(out),
-            Poll::Pending => None,
-        }
     }
 
     #[test]
