@@ -11,7 +11,8 @@
 //!
 //! Every workload route spends `LOOPSCALE_REQUEST_OVERHEAD_US` of CPU on the loop: before the
 //! route in thread-pool mode (holding the GIL even when that is 0 µs: the loop thread runs Python
-//! for each request), two thirds before and a third after the answer in event-loop mode, as Node.
+//! for each request), two thirds before and a third after the answer in event-loop mode, as Node,
+//! where each request also walks its connection's own memory ([`ConnectionMemory`]).
 //! Probes and `/metrics` skip it so that observing does not perturb the measurement.
 
 use std::ops::Range;
@@ -336,6 +337,36 @@ pub const READ_CALLBACK_SHARE: f64 = 0.12;
 /// `workload/reference/experiments/after_answer_share.py` reproduces it.
 pub const EVENT_LOOP_AFTER_ANSWER_SHARE: f64 = 1.0 / 3.0;
 
+/// KiB of memory of its own that each connection walks per request in event-loop mode (when the
+/// working set is on): Node's socket, HTTP parser and stream state, touched by every request on
+/// that connection and by no other. It is what makes a connection slow to serve after the loop
+/// served the others: under a closed-loop `/hello` among 4 `/cpu` connections, Express's work
+/// after the `/hello`'s answer takes 2-2.6x its time when `/hello` runs alone (session 12), while
+/// a shared working set, walked by the `/cpu` just before, stays cached. Measured as resident
+/// memory per open keep-alive connection after three requests on each
+/// (`workload/reference/experiments/connection_memory.py`, 200-1,000 connections): Express 43-60
+/// KiB, the emulation 18-20 (hyper's buffers, tokio's task), FastAPI 9-11; so event-loop mode
+/// adds the difference, about 32 KiB, and thread-pool mode nothing.
+pub const EVENT_LOOP_CONNECTION_MEMORY_KIB: usize = 32;
+
+/// A connection's own memory (see [`EVENT_LOOP_CONNECTION_MEMORY_KIB`]), put in each of its
+/// requests' extensions so that the request's framework callbacks walk it.
+#[derive(Debug, Clone)]
+pub struct ConnectionMemory(Arc<WorkingSet>);
+
+impl ConnectionMemory {
+    /// The memory a new connection gets under `config`: none in thread-pool mode or without a
+    /// working set (`LOOPSCALE_WORKING_SET_KIB=0` turns the memory model off).
+    pub fn for_new_connection(config: &Config) -> Option<Self> {
+        match config.mode {
+            Mode::EventLoop if config.working_set_kib > 0 => Some(ConnectionMemory(Arc::new(
+                WorkingSet::new(EVENT_LOOP_CONNECTION_MEMORY_KIB),
+            ))),
+            _ => None,
+        }
+    }
+}
+
 /// The per-request framework cost on the loop.
 ///
 /// Thread-pool mode runs it as uvloop does, in two loop callbacks, each its own GIL section: the
@@ -349,28 +380,38 @@ pub const EVENT_LOOP_AFTER_ANSWER_SHARE: f64 = 1.0 / 3.0;
 /// convoy less like FastAPI's; see `workload/reference/README.md`.)
 async fn request_overhead(State(s): Shared, req: Request, next: Next) -> Response {
     let overhead = s.config.request_overhead;
-    let whole_walk = 0..s.working_set.len();
     let after_answer = match s.config.mode {
         Mode::ThreadPool => {
             let read = overhead.mul_f64(READ_CALLBACK_SHARE);
-            framework_entry(&s, read, whole_walk);
+            framework_entry(&s, read, 0..s.working_set.len());
             tokio::task::yield_now().await;
             loop_work(&s, overhead.saturating_sub(read));
             None
         }
         Mode::EventLoop => {
             let after = overhead.mul_f64(EVENT_LOOP_AFTER_ANSWER_SHARE);
-            let split = whole_walk.end
-                - (whole_walk.end as f64 * EVENT_LOOP_AFTER_ANSWER_SHARE).round() as usize;
-            framework_entry(&s, overhead.saturating_sub(after), 0..split);
-            Some((after, split..whole_walk.end))
+            let (before_answer, after_answer) =
+                s.working_set.split_walk(EVENT_LOOP_AFTER_ANSWER_SHARE);
+            let connection = req.extensions().get::<ConnectionMemory>().map(|memory| {
+                let (before, after) = memory.0.split_walk(EVENT_LOOP_AFTER_ANSWER_SHARE);
+                memory.0.walk_steps(before);
+                (memory.clone(), after)
+            });
+            framework_entry(&s, overhead.saturating_sub(after), before_answer);
+            Some((after, after_answer, connection))
         }
     };
     let response = next.run(req).await;
-    if let Some((work, walk)) = after_answer {
+    if let Some((work, walk, connection)) = after_answer {
         // Once this connection's poll has written the answer, before the loop serves the next
-        // connection: as Node, in the same callback, with its share of the framework's memory.
-        after_this_callback(move || framework_entry(&s, work, walk));
+        // connection: as Node, in the same callback, with its share of the framework's memory
+        // and of the connection's.
+        after_this_callback(move || {
+            if let Some((memory, steps)) = connection {
+                memory.0.walk_steps(steps);
+            }
+            framework_entry(&s, work, walk)
+        });
     }
     response
 }
@@ -409,6 +450,29 @@ async fn observe(State(s): Shared, req: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_event_loop_connections_with_a_working_set_get_memory_of_their_own() {
+        let config = |mode: &str, kib: &str| {
+            let vars = [("LOOPSCALE_MODE", mode), ("LOOPSCALE_WORKING_SET_KIB", kib)];
+            Config::from_lookup(|name| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            })
+            .unwrap()
+        };
+        let memory = ConnectionMemory::for_new_connection(&config("event-loop", "256"))
+            .expect("event-loop with a working set");
+        assert_eq!(
+            memory.0.len() * crate::serve::working_set::LINE_BYTES,
+            EVENT_LOOP_CONNECTION_MEMORY_KIB * 1024
+        );
+        let other = ConnectionMemory::for_new_connection(&config("event-loop", "256")).unwrap();
+        assert!(!Arc::ptr_eq(&memory.0, &other.0), "each connection its own");
+        assert!(ConnectionMemory::for_new_connection(&config("event-loop", "0")).is_none());
+        assert!(ConnectionMemory::for_new_connection(&config("thread-pool", "256")).is_none());
+    }
 
     #[test]
     fn good_values_parse_to_durations() {

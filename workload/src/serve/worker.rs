@@ -26,6 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus::Histogram;
 use tokio::sync::{oneshot, Notify};
+use tower::ServiceExt;
 
 use crate::serve::after_callback::run_after_callback;
 use crate::serve::config::{Balancing, Config, Mode};
@@ -37,7 +38,7 @@ use crate::serve::pool::BoundedPool;
 use crate::serve::ready_order::{
     loop_iteration, next_loop_iteration, MarkReads, ReadMark, ReadyOrder,
 };
-use crate::serve::routes::{connection_accepted, router, AppState};
+use crate::serve::routes::{connection_accepted, router, AppState, ConnectionMemory};
 use crate::serve::working_set::WorkingSet;
 
 /// Internal env var set by the supervisor: this process is worker number N.
@@ -285,9 +286,10 @@ where
     });
     pod.send(&Message::WorkerReady)?;
     tracing::debug!(worker, "serving");
-    // What `axum::serve(..).with_graceful_shutdown(..)` does, with two differences: each
-    // accepted connection first costs `LOOPSCALE_CONNECTION_OVERHEAD_US` on the loop, and each
-    // connection's task is polled as a loop callback (see `LoopCallback`).
+    // What `axum::serve(..).with_graceful_shutdown(..)` does, with three differences: each
+    // accepted connection first costs `LOOPSCALE_CONNECTION_OVERHEAD_US` on the loop, each
+    // connection's task is polled as a loop callback (see `LoopCallback`), and in event-loop mode
+    // each connection's requests carry its own memory (see `ConnectionMemory`).
     //
     // That cost is also what spreads a shared socket's connections over the workers as in
     // uvicorn: every worker waiting in epoll is woken by a new connection, and the one that
@@ -302,7 +304,15 @@ where
             () = &mut shutdown => break,
         };
         connection_accepted(&state);
-        let service = TowerToHyperService::new(app.clone());
+        let memory = ConnectionMemory::for_new_connection(&state.config);
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                if let Some(memory) = &memory {
+                    req.extensions_mut().insert(memory.clone());
+                }
+                req
+            },
+        ));
         let (io, reads) = MarkReads::new(io);
         let connection = http.serve_connection(TokioIo::new(io), service);
         let connection = connections.watch(connection);

@@ -72,6 +72,13 @@ impl WorkingSet {
         self.walk_steps(0..self.len())
     }
 
+    /// The steps of a whole walk split in two, the second part `after_share` of it: the parts
+    /// walked before and after Node's answer.
+    pub fn split_walk(&self, after_share: f64) -> (Range<usize>, Range<usize>) {
+        let split = self.len() - (self.len() as f64 * after_share).round() as usize;
+        (0..split, split..self.len())
+    }
+
     /// Loads the lines of the steps `steps` of the whole walk, in its order: a framework's work
     /// split over two callbacks (Node's before and after the answer) touches its memory in two
     /// parts, and the two parts of one request touch each line once, as a whole walk does.
@@ -120,6 +127,16 @@ mod tests {
             "clamped"
         );
         assert_eq!(set.walk_steps(set.len()..set.len() + 5), 0);
+    }
+
+    #[test]
+    fn a_split_walk_has_its_share_after_and_covers_the_walk() {
+        let set = WorkingSet::new(256);
+        let (before, after) = set.split_walk(1.0 / 3.0);
+        assert_eq!((before.start, before.end, after.end), (0, 2731, 4096));
+        assert_eq!(before.end, after.start);
+        assert_eq!(set.split_walk(0.0), (0..4096, 4096..4096));
+        assert_eq!(WorkingSet::new(0).split_walk(0.5), (0..0, 0..0));
     }
 
     #[test]
