@@ -23,27 +23,12 @@ from pathlib import Path
 REFERENCE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REFERENCE))
 import calibration as cal  # noqa: E402
+from keep_alive import get  # noqa: E402
 from server_cpu import cpu_us, server_pids  # noqa: E402
 
 GAPS = ((0.0, 3000), (0.001, 1000), (0.02, 150))
 """(seconds between an answer and the next request, requests)."""
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
-
-
-def get(conn: socket.socket) -> None:
-    """One GET /hello on a kept-alive connection, on the bare socket so that the client adds as
-    little as it can to the latency (`reference_servers.get` opens a connection per request)."""
-    conn.sendall(b"GET /hello HTTP/1.1\r\nHost: loopscale\r\n\r\n")
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:"))
-    while len(body) < length:
-        body += conn.recv(4096)
 
 
 def idle_rate(pids: list[int]) -> float:

@@ -33,7 +33,9 @@ changes (a connection counts as served only when it reads; the work after the an
 answer's callback): Express after 3 or 4 `/cpu` in 80 of 80 (p50 42.8 ms, p90 83.7, mean 56.2),
 the `/hello` answered last missing the next iteration in 32 of 78 (58 µs from the answer to the
 next `epoll_wait`); the emulation after 3 or 4 in 61 of 61 (p50 72.2, mean 73.7), missing in 57
-of 61 (38 µs).
+of 61 (38 µs). Session 13 (17:36-18:20 UTC), with each connection's own memory
+(`EVENT_LOOP_CONNECTION_MEMORY_KIB`): Express missing in 28 of 49 (57 µs) and 54 of 60 (48 µs)
+in two traces; the emulation in 30 of 63 (68 µs; p50 43.2, mean 55.7).
 
 The emulation starts with `calibration.experiment_knobs()` plus the given variables. Needs gcc,
 the reference servers installed (workload/reference/install) and a release build.
