@@ -35,7 +35,9 @@ the `/hello` answered last missing the next iteration in 32 of 78 (58 µs from t
 next `epoll_wait`); the emulation after 3 or 4 in 61 of 61 (p50 72.2, mean 73.7), missing in 57
 of 61 (38 µs). Session 13 (17:36-18:20 UTC), with each connection's own memory
 (`EVENT_LOOP_CONNECTION_MEMORY_KIB`): Express missing in 28 of 49 (57 µs) and 54 of 60 (48 µs)
-in two traces; the emulation in 30 of 63 (68 µs; p50 43.2, mean 55.7).
+in two traces; the emulation in 30 of 63 (68 µs; p50 43.2, mean 55.7). At 19:25 UTC, at run L's
+overheads, with p10 / p50 / p90 of that gap: Express 47 / 54 / 79 µs (missed 34 of 62) and
+44 / 49 / 75 (39 of 53), the emulation 45 / 47 / 50 (58 of 59) and 49 / 53 / 63 (58 of 61).
 
 The emulation starts with `calibration.experiment_knobs()` plus the given variables. Needs gcc,
 the reference servers installed (workload/reference/install) and a release build.
@@ -95,6 +97,12 @@ def analyse(events: list) -> None:
     after_last_answer(spans[1:], cpu_fds)
 
 
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def after_last_answer(spans: list[list], cpu_fds: set[int]) -> None:
     """How long the loop works after an iteration's last answer before it polls again, and
     whether that socket's next request made it into the next iteration (session 12). `spans`:
@@ -112,7 +120,8 @@ def after_last_answer(spans: list[list], cpu_fds: set[int]) -> None:
         if gaps:
             print(
                 f"iterations answering a {label} last: {len(gaps)}; from that answer to the next epoll_wait"
-                f" p50 {statistics.median(gaps):.0f} µs; its next request missed the next iteration in {missed}"
+                f" p10 {quantile(gaps, 0.1):.0f} p50 {statistics.median(gaps):.0f} p90 {quantile(gaps, 0.9):.0f} µs;"
+                f" its next request missed the next iteration in {missed}"
             )
 
 
