@@ -46,8 +46,7 @@ try:
         for k, sc in scen.items():
             for label, s in servers.items():
                 m = c.run_scenario(settings, s, sc, rep)
-                summ = c.read_report(work / f"{s.name}-{sc.name}-r{rep}.json")["summary"]
-                mean = summ["latency_ms"]["mean"]
+                mean = m.mean_ms
                 res[label][k].append((m.p50_ms, mean, m.background_throughput_rps))
                 print(f"{label:10} {k:12} rep{rep} p50 {m.p50_ms:7.3f} mean {mean:7.3f} bg {m.background_throughput_rps or 0:5.1f}", flush=True)
 finally:

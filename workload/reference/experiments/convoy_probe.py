@@ -50,8 +50,7 @@ try:
         for k, sc in scen.items():
             for label, s in servers.items():
                 m = c.run_scenario(settings, s, sc, rep)
-                rep_json = json.load(open(work / f"{s.name}-{sc.name}-r{rep}.json"))
-                mean = rep_json["summary"]["latency_ms"]["mean"]
+                mean = m.mean_ms
                 res[label][k].append((m.p50_ms, mean, m.loop_cpu_us_per_request, m.background_throughput_rps))
                 print(f"{label:10} {k:16} rep{rep} p50 {m.p50_ms:7.3f} mean {mean:7.3f} loop/req {m.loop_cpu_us_per_request or 0:6.1f} bg {m.background_throughput_rps or 0:5.1f}", flush=True)
 finally:

@@ -325,18 +325,19 @@ fn decimal_in_range(
     }
 }
 
+/// Parses settings from `name = value` pairs, as the environment would give them (for tests).
+#[cfg(test)]
+pub fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::from_lookup(|k| map.get(k).cloned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(|k| map.get(k).cloned())
-    }
 
     #[test]
     fn mode_is_required_and_the_error_names_the_allowed_values() {

@@ -454,12 +454,10 @@ mod tests {
     #[test]
     fn only_event_loop_connections_with_a_working_set_get_memory_of_their_own() {
         let config = |mode: &str, kib: &str| {
-            let vars = [("LOOPSCALE_MODE", mode), ("LOOPSCALE_WORKING_SET_KIB", kib)];
-            Config::from_lookup(|name| {
-                vars.iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, v)| v.to_string())
-            })
+            crate::serve::config::parse(&[
+                ("LOOPSCALE_MODE", mode),
+                ("LOOPSCALE_WORKING_SET_KIB", kib),
+            ])
             .unwrap()
         };
         let memory = ConnectionMemory::for_new_connection(&config("event-loop", "256"))
