@@ -35,8 +35,10 @@ from typing import NamedTuple
 
 import reference_servers as rs
 
-CALIBRATION_VERSION = 9
-"""9: the `hello_under_cpu_open` scenario (/hello at a constant IDLE_RATE, open model, while 4 /cpu
+CALIBRATION_VERSION = 10
+"""10: the CPU scenarios (`cpu_p1`, `cpu_p2`, `cpu_inline_p1`) open a new connection per request
+(CPU_SCENARIOS_KEEP_ALIVE), so `cpu_scaling_2p_over_1p` measures whether a second process doubles
+CPU throughput, not which worker a shared socket gave 8 long-lived connections to. 9: the `hello_under_cpu_open` scenario (/hello at a constant IDLE_RATE, open model, while 4 /cpu
 run) and the information metric `hello_delay_under_cpu_open`: the convoy as a constant-rate load
 generator (wrk2, k6's constant-arrival-rate) sees it, paired with `hello_after_idle`. 8: the emulation walks a working set per request and per connection (`WORKING_SET_KIB`, in
 `used_overhead_us` as `working_set_kib`), in every step, so the overheads proposed are what the
@@ -126,6 +128,21 @@ not measured; likely: objects that live through a 50 ms wait outlive V8's young 
 CPython's gen-0 collections, and the loop has more timers and sockets to handle. The emulation
 charges all of it to the one resume callback."""
 REQUEST_SCENARIO = "hello_cost"
+
+CPU_SCENARIOS_KEEP_ALIVE = False
+"""The CPU scenarios open a new connection per request (since version 10). With 8 kept-alive
+connections, which of 2 workers sharing a listening socket serves each is decided once, by a race
+of microseconds when the burst of connections arrives: in calibrate's full runs one worker took
+all 8 in about a third of the repetitions, for uvicorn and the emulation alike (sessions 8-13), and
+`cpu_scaling_2p_over_1p` was then 1.0 instead of 2.0 on one side, so the median of 3 repetitions
+was a coin toss (OFF in runs K and L of session 13, once each way). With a connection per request,
+every accept is a new race, which the idle worker wins, because the busy one is burning a job (or,
+under the GIL, its loop waits for it): in `experiments/cpu_scaling_new_connections.py` (session
+14) the 2-process throughput was 1.83-2.05x the 1-process one in 24 of 24 repetitions of the four
+implementations, against 1 of 24 collapsed with kept-alive connections. A new connection costs the
+real runtimes 0.2-0.4 ms of loop CPU against a 10 ms job, which both scenarios of each ratio pay.
+What a shared socket does with few long-lived connections is what
+`experiments/shared_socket_spread.py` measures (README.md, sessions 8 and 9)."""
 RESUME_SCENARIO = "io_cost"
 CONNECTION_SCENARIO = "connection_cost"
 
@@ -135,9 +152,9 @@ SCENARIOS = (
     Scenario("hello_under_cpu", 1, "/hello", 1, f"/cpu?ms={CPU_MS}", 4),
     Scenario("hello_after_idle", 1, "/hello", 1, rate=IDLE_RATE),
     Scenario("hello_under_cpu_open", 1, "/hello", OPEN_CONCURRENCY, f"/cpu?ms={CPU_MS}", 4, rate=IDLE_RATE),
-    Scenario("cpu_p1", 1, f"/cpu?ms={CPU_MS}", CPU_CONCURRENCY),
-    Scenario("cpu_inline_p1", 1, f"/cpu-inline?ms={CPU_MS}", CPU_CONCURRENCY),
-    Scenario("cpu_p2", 2, f"/cpu?ms={CPU_MS}", CPU_CONCURRENCY),
+    Scenario("cpu_p1", 1, f"/cpu?ms={CPU_MS}", CPU_CONCURRENCY, keep_alive=CPU_SCENARIOS_KEEP_ALIVE),
+    Scenario("cpu_inline_p1", 1, f"/cpu-inline?ms={CPU_MS}", CPU_CONCURRENCY, keep_alive=CPU_SCENARIOS_KEEP_ALIVE),
+    Scenario("cpu_p2", 2, f"/cpu?ms={CPU_MS}", CPU_CONCURRENCY, keep_alive=CPU_SCENARIOS_KEEP_ALIVE),
 )
 
 CPU_SCENARIOS = tuple(s for s in SCENARIOS if s.measure_cpu)
@@ -154,7 +171,7 @@ the implementations take turns group by group, so noise from the rest of the mac
 ratio's two sides, and the four implementations, alike."""
 
 SHAPE_METRICS = {
-    "cpu_scaling_2p_over_1p": "throughput of /cpu with 2 processes / with 1",
+    "cpu_scaling_2p_over_1p": "throughput of /cpu (a new connection per request) with 2 processes / with 1",
     "hello_delay_under_cpu": (
         f"mean latency of /hello (1 in flight) while /cpu?ms={CPU_MS} runs (4 in flight) minus the mean of /hello alone,"
         f" in /cpu jobs of {CPU_MS} ms"

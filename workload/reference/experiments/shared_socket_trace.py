@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parents[1]
@@ -38,8 +39,9 @@ import calibration as cal  # noqa: E402
 reps = int(sys.argv[1]) if len(sys.argv) > 1 else 8
 impl = sys.argv[2] if len(sys.argv) > 2 else "emulated-thread-pool"
 latest = json.loads(cal.LATEST.read_text())["used_overhead_us"]
-cpu_p1 = next(s for s in cal.SCENARIOS if s.name == "cpu_p1")
-cpu_p2 = next(s for s in cal.SCENARIOS if s.name == "cpu_p2")
+# Kept-alive connections, as calibrate's CPU scenarios had them up to version 9.
+cpu_p1 = replace(next(s for s in cal.SCENARIOS if s.name == "cpu_p1"), keep_alive=True)
+cpu_p2 = replace(next(s for s in cal.SCENARIOS if s.name == "cpu_p2"), keep_alive=True)
 with tempfile.TemporaryDirectory() as tmp:
     settings = cal.Settings(warmup=1.0, duration=3.0, repetitions=1, work_dir=Path(tmp),
                             load_bin=cal.find_workload_bin(None), prime=5.0, verbose=False)
