@@ -73,6 +73,58 @@ fn every_example_is_valid() {
     }
 }
 
+#[test]
+fn examples_that_set_framework_costs_carry_the_latest_calibration() {
+    // An example's `overheadsByMode` is the block `workload/reference/calibrate` printed, pasted;
+    // it must be the checked-in run's, so that no example goes on charging costs a later
+    // calibration replaced.
+    use loopscale::crd::{Experiment, Mode, Overheads};
+    use serde::Deserialize;
+    let path = repo().join("workload/reference/calibration-latest.json");
+    let latest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut calibrated = Vec::new();
+    for file in yaml_files(&repo().join("deploy/examples")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let experiment = Experiment::deserialize(document)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let workload = &experiment.spec.workload;
+            if workload.overheads_by_mode.is_none() {
+                continue;
+            }
+            for mode in [Mode::EventLoop, Mode::ThreadPool] {
+                let used = &latest["used_overhead_us"][mode.as_str()];
+                let knob = |key: &str| {
+                    used[key]
+                        .as_u64()
+                        .and_then(|v| u32::try_from(v).ok())
+                        .unwrap_or_else(|| panic!("{}: no {mode} {key}", path.display()))
+                };
+                let want = Overheads {
+                    request_us: knob("request_us"),
+                    resume_us: knob("resume_us"),
+                    connection_us: knob("connection_us"),
+                    working_set_kib: knob("working_set_kib"),
+                };
+                assert_eq!(
+                workload.overheads(mode),
+                want,
+                "{}: {mode} overheads are not calibration-latest.json's (its `experiment_overheads_yaml`)",
+                file.display()
+            );
+            }
+            calibrated.push(file.file_stem().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    for name in ["quick", "io-bound"] {
+        assert!(
+            calibrated.iter().any(|c| c == name),
+            "deploy/examples/{name}.yaml sets no overheadsByMode"
+        );
+    }
+}
+
 fn header(text: &str, key: &str) -> String {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("# {key}: ")))
