@@ -267,7 +267,8 @@ fn the_loop_serves_the_sockets_it_served_last_first_as_libuv() {
 
 /// Event-loop mode spends a third of the request overhead after the answer, as Node does: a
 /// request that finds the loop idle is answered after two thirds of it, but the loop stays busy
-/// for the rest, so back-to-back requests on one connection still pay all of it each.
+/// for the rest, so back-to-back requests on one connection still pay all of it each. That third
+/// is a mean: each request's is drawn (exponential), as Node's varies.
 #[test]
 fn event_loop_answers_before_the_last_third_of_the_request_overhead() {
     let _serial = serial();
@@ -281,31 +282,44 @@ fn event_loop_answers_before_the_last_third_of_the_request_overhead() {
         .run();
     // One loop, each request sent when the previous answer arrives.
     let back_to_back = Load::closed(&server.url(), "/hello", 1)
-        .duration(ms(2000))
+        .duration(ms(3000))
         .run();
     let spaced_p50 = spaced.summary.latency_ms.p50;
-    let chained_p50 = back_to_back.summary.latency_ms.p50;
+    let chained = &back_to_back.summary.latency_ms;
     let chained_rps = back_to_back.summary.throughput_rps;
     println!(
-        "30 ms overhead: spaced /hello p50 {spaced_p50:.1} ms; back to back p50 {chained_p50:.1} ms, {chained_rps:.1} req/s"
+        "30 ms overhead: spaced /hello p50 {spaced_p50:.1} ms; back to back p50 {:.1} p90 {:.1} mean {:.1} ms, {chained_rps:.1} req/s",
+        chained.p50, chained.p90, chained.mean
     );
     assert_all_ok(&spaced);
     assert_all_ok(&back_to_back);
-    // The next request waits for the last third: 30 ms of loop CPU per request in all.
+    // The next request waits for the last third: 30 ms of loop CPU per request in all, on
+    // average (about 90 requests: the mean of their draws is 10 +- 1 ms).
     assert!(
-        (29.5..40.0).contains(&chained_p50),
-        "back-to-back p50 {chained_p50:.1} ms"
+        (26.0..40.0).contains(&chained.mean),
+        "back-to-back mean {:.1} ms",
+        chained.mean
     );
     assert!(
-        (24.0..=34.0).contains(&chained_rps),
+        (24.0..=38.0).contains(&chained_rps),
         "back to back {chained_rps:.1} req/s"
     );
+    // Drawn, the wait varies: 20 ms plus an exponential of 10, so the p90 is about 1.6x the
+    // median (1.0 with a fixed third).
+    let spread = chained.p90 / chained.p50;
+    assert!(
+        spread > 1.25,
+        "back-to-back p90 {:.1} ms is only {spread:.2}x the p50 {:.1}",
+        chained.p90,
+        chained.p50
+    );
     // An idle loop answers after two thirds of it (all of it before the answer: a ratio of 1;
-    // 0.71-0.73 measured in the debug build).
-    let share_before = spaced_p50 / chained_p50;
+    // 0.71-0.73 measured in the debug build with a fixed third).
+    let share_before = spaced_p50 / chained.mean;
     assert!(
         (0.55..0.85).contains(&share_before),
-        "spaced p50 {spaced_p50:.1} ms is {share_before:.2} of back-to-back {chained_p50:.1} ms"
+        "spaced p50 {spaced_p50:.1} ms is {share_before:.2} of the back-to-back mean {:.1} ms",
+        chained.mean
     );
 }
 

@@ -5,8 +5,9 @@ flight (calibrate's `hello_alone` and `hello_under_cpu`), and `/hello` at a cons
 under the same `/cpu` (open model: `hello_open_alone`, `hello_under_cpu_open`). Prints each
 variant's added latency in 10 ms jobs per repetition and the medians: calibrate's
 `hello_delay_under_cpu` and `hello_delay_under_cpu_open`, without the rest of a 20-minute run.
-Variants are JSON {label: [implementation, {env}]}; an emulation starts from the latest
-calibration's knobs (`calibration.experiment_knobs()`) with its env on top. Repetitions interleave
+Variants are JSON {label: [implementation, {env}]} or [implementation, {env}, binary] (another
+build of loopscale-workload, to compare models in one invocation); an emulation starts from the
+latest calibration's knobs (`calibration.experiment_knobs()`) with its env on top. Repetitions interleave
 the variants.
 
     REPS=4 RATE=50 workload/reference/experiments/convoy_both_models.py \
@@ -28,10 +29,10 @@ binp = REFERENCE.parents[1] / "target" / "release" / "loopscale-workload"
 settings = c.Settings(warmup=1.0, duration=float(os.environ.get("DUR", "5")), repetitions=reps, work_dir=work, load_bin=binp, prime=3.0)
 servers = {}
 knobs = c.experiment_knobs()
-for label, (impl, env) in configs.items():
+for label, (impl, env, *binary) in configs.items():
     if impl.startswith("emulated"):
         env = {**c.overhead_env(knobs[impl.removeprefix("emulated-")]), **env}
-    s = rs.start(impl, 1, work, binp, env)
+    s = rs.start(impl, 1, work, Path(binary[0]) if binary else binp, env)
     servers[label] = s
     c.ServerPool(settings).prime(s)
 scen = {
