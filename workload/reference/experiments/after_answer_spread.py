@@ -3,9 +3,10 @@
 
 Starts one implementation (1 process) with the `gil_hold_trace.c` tracer, primes it, and runs
 closed-loop `/hello` at 1 in flight alone for 5 s. On the loop thread it takes, for every
-request, the time from the `read` that brought it to the answer's write ("before") and from
-that write to the loop's next `epoll_wait` ("after"), and prints their p10 / p50 / p90 / p99
-and the p90 / p50 ratio.
+request, the time from the `read` that brought it to the answer's write ("before"), from
+that write to the loop's next `epoll_wait` ("after"), and from that write to the read of the
+connection's next request (the client's turnaround and the loop's wake-up), and prints their
+p10 / p50 / p90 / p99 and the p90 / p50 ratio.
 
     workload/reference/experiments/after_answer_spread.py express
     workload/reference/experiments/after_answer_spread.py emulated-event-loop [ENV=VALUE ...]
@@ -33,34 +34,35 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import calibration as cal  # noqa: E402
 from gil_hold_trace import EPOLL_ENTER, READ, WRITE, traced_run  # noqa: E402
+from ready_order_trace import quantile  # noqa: E402
 
 
-def quantile(values: list[float], q: float) -> float:
-    """The q-quantile of `values` (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def spans(events: list) -> tuple[list[float], list[float]]:
-    """Per request on the loop thread: µs from its read to its answer's write, and from that
-    write to the next epoll_wait."""
+def spans(events: list) -> tuple[list[float], list[float], list[float]]:
+    """Per request on the loop thread: µs from its read to its answer's write, from that write
+    to the next epoll_wait, and from that write to the read of the connection's next request (the
+    client's turnaround plus the loop's wake-up, when the loop was idle by then). A request whose
+    answer comes after another request's read is left out (its span would hold that one's work
+    too)."""
     reads = Counter(e[0] for e in events if e[1] == READ)
     loop_tid = reads.most_common(1)[0][0]
     loop = [e for e in events if e[0] == loop_tid and e[1] in (READ, EPOLL_ENTER, WRITE)]
-    before, after = [], []
-    for i, e in enumerate(loop):
-        if e[1] != READ:
+    before, after, turnaround = [], [], []
+    for i, read in enumerate(loop):
+        if read[1] != READ:
             continue
-        rest = loop[i + 1 :]
-        write = next((w for w in rest if w[1] == WRITE and w[2] == e[2]), None)
-        if write is None or any(x[1] != WRITE and x[3] < write[3] for x in rest[:3] if x[1] == READ):
+        following = loop[i + 1 : i + 64]
+        at = next((j for j, w in enumerate(following) if w[1] == WRITE and w[2] == read[2]), None)
+        if at is None or any(x[1] == READ for x in following[:at]):
             continue
-        poll = next((p for p in rest if p[1] == EPOLL_ENTER and p[3] > write[3]), None)
+        poll = next((p for p in following[at + 1 :] if p[1] == EPOLL_ENTER), None)
         if poll is None:
             continue
-        before.append((write[3] - e[3]) / 1000)
-        after.append((poll[3] - write[3]) / 1000)
-    return before, after
+        before.append((following[at][3] - read[3]) / 1000)
+        after.append((poll[3] - following[at][3]) / 1000)
+        again = next((r for r in following[at + 1 :] if r[1] == READ and r[2] == read[2]), None)
+        if again is not None:
+            turnaround.append((again[3] - following[at][3]) / 1000)
+    return before, after, turnaround
 
 
 def describe(label: str, values: list[float]) -> str:
@@ -78,10 +80,11 @@ def main(argv: list[str]) -> int:
     impl, extra = argv[0], dict(a.split("=", 1) for a in argv[1:])
     scenario = cal.Scenario("hello_alone", 1, "/hello", 1)
     _, summary, _, events = traced_run(impl, extra, scenario, 5.0, "after-answer-spread-")
-    before, after = spans(events)
+    before, after, turnaround = spans(events)
     print(f"{impl} {extra or ''}: /hello alone, 1 in flight: {len(before)} requests, mean {summary['latency_ms']['mean'] * 1000:.0f} µs")
     print("  " + describe("read to answer", before))
     print("  " + describe("answer to next epoll_wait", after))
+    print("  " + describe("answer to the next request's read", turnaround))
     return 0
 
 
