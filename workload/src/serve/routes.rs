@@ -340,7 +340,7 @@ pub const EVENT_LOOP_AFTER_ANSWER_SHARE: f64 = 1.0 / 3.0;
 
 /// The most a request's work after the answer may take, in multiples of its mean (see
 /// [`drawn_after_answer_work`]): an exponential draw exceeds it once in 22,000, and the cut
-/// lowers the mean by 0.05%.
+/// lowers the mean by 0.005%.
 const AFTER_ANSWER_MOST_MEANS: f64 = 10.0;
 
 /// One request's work after its answer, drawn from an exponential distribution with the
