@@ -36,18 +36,14 @@ installed (workload/reference/install) and a release build.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import calibration as cal  # noqa: E402
-import reference_servers as rs  # noqa: E402
-from gil_hold_trace import EPOLL_ENTER, READ, WRITE, read_trace  # noqa: E402
+from gil_hold_trace import EPOLL_ENTER, READ, WRITE, traced_processes  # noqa: E402
 from ready_order_trace import quantile  # noqa: E402
 
 REQUEST_BYTES = 46
@@ -56,42 +52,9 @@ REQUEST_BYTES = 46
 
 def traced(impl: str, scenario: cal.Scenario) -> list[tuple]:
     """Runs `scenario` with the tracer in the server and in the load generators; returns every
-    traced event of the measured window as (pid, tid, kind, fd, time, bytes)."""
-    work = Path(tempfile.mkdtemp(prefix="client-turnaround-"))
-    tracer = work / "gil_hold_trace.so"
-    subprocess.run(
-        ["gcc", "-O2", "-shared", "-fPIC", "-o", str(tracer), str(HERE / "gil_hold_trace.c"), "-ldl", "-lpthread"],
-        check=True,
-    )
-    env = {"LD_PRELOAD": str(tracer), "GIL_TRACE_DIR": str(work)}
-    server_env = dict(env)
-    if impl in cal.MODE_OF:
-        server_env.update(cal.overhead_env(cal.experiment_knobs()[cal.MODE_OF[impl]]))
-    load_bin = cal.find_workload_bin(None)
-    settings = cal.Settings(warmup=1.0, duration=8.0, repetitions=1, work_dir=work, load_bin=load_bin, prime=3.0)
-    server = rs.start(impl, 1, work, load_bin, server_env)
-    saved = {k: os.environ.get(k) for k in env}
-    try:
-        cal.ServerPool(settings).prime(server)
-        os.environ.update(env)  # the load generators inherit it
-        started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        cal.run_scenario(settings, server, scenario, 0)
-        ended = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        time.sleep(1.5)  # the tracers write their logs once a second
-        server.stop()
-    lo, hi = started + int((settings.warmup + 1.0) * 1e9), ended - 500_000_000
-    events = []
-    for path in work.glob("trace.*.bin"):
-        if path.stat().st_size > 4:
-            pid, found = read_trace(path, lo, hi)
-            events += [(pid, *e) for e in found]
-    return sorted(events, key=lambda e: e[4])
+    traced event of the measured window as (pid, tid, kind, fd, time, bytes), in time order."""
+    _, _, traces = traced_processes(impl, {}, scenario, 8.0, "client-turnaround-", trace_load=True)
+    return sorted(((pid, *e) for pid, events in traces.items() for e in events), key=lambda e: e[4])
 
 
 def hello_answer_size(events: list[tuple], server: int) -> int:

@@ -123,13 +123,15 @@ def analyse(pid: int, events: list) -> None:
         print(f"`with gil` sections per fast answer: {dict(sorted(c.most_common(4)))}")
 
 
-def traced_run(
-    impl: str, extra: dict[str, str], scenario: cal.Scenario, duration: float, prefix: str
-) -> tuple[cal.Measurement, dict, int, list]:
+def traced_processes(
+    impl: str, extra: dict[str, str], scenario: cal.Scenario, duration: float, prefix: str, trace_load: bool = False
+) -> tuple[cal.Measurement, dict, dict[int, list]]:
     """Runs `scenario` once on `impl` (1 process) with the tracer preloaded, after priming it; the
-    emulation starts with the latest calibration's knobs plus `extra`. Returns the measurement,
-    the load report's summary, and the traced server's pid and events of the measured window
-    (from the main load's warm-up end to its end, less half a second each side)."""
+    emulation starts with the latest calibration's knobs plus `extra`. With `trace_load` the load
+    generators carry the tracer too (they share the server's clock). Returns the measurement,
+    the load report's summary, and each traced process's events of the measured window (from the
+    main load's warm-up end to its end, less half a second each side), by pid, the largest trace
+    first."""
     cal.check_installed()
     load_bin = cal.find_workload_bin(None)
     work = Path(tempfile.mkdtemp(prefix=prefix))
@@ -138,25 +140,45 @@ def traced_run(
         ["gcc", "-O2", "-shared", "-fPIC", "-o", str(tracer), str(HERE / "gil_hold_trace.c"), "-ldl", "-lpthread"],
         check=True,
     )
-    env = {"LD_PRELOAD": str(tracer), "GIL_TRACE_DIR": str(work)}
+    preload = {"LD_PRELOAD": str(tracer), "GIL_TRACE_DIR": str(work)}
+    env = dict(preload)
     if impl in cal.MODE_OF:
         env.update(cal.overhead_env(cal.experiment_knobs()[cal.MODE_OF[impl]]))
     env.update(extra)
     settings = cal.Settings(warmup=1.0, duration=duration, repetitions=1, work_dir=work, load_bin=load_bin, prime=3.0)
     server = rs.start(impl, 1, work, load_bin, env)
+    saved = {k: os.environ.get(k) for k in preload}
     try:
         cal.ServerPool(settings).prime(server)
-        started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        m = cal.run_scenario(settings, server, scenario, 0)
-        ended = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        if trace_load:
+            os.environ.update(preload)  # the load generators inherit it
+        try:
+            started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            m = cal.run_scenario(settings, server, scenario, 0)
+            ended = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         time.sleep(1.5)  # the tracer writes its log once a second
     finally:
         server.stop()
     summary = cal.read_report(work / f"{server.name}-{scenario.name}-r0.json")["summary"]
     lo, hi = started + int((settings.warmup + 1.0) * 1e9), ended - 500_000_000
-    traces = [p for p in work.glob("trace.*.bin") if p.stat().st_size > 4]
-    pid, events = read_trace(max(traces, key=lambda p: p.stat().st_size), lo, hi)
-    return m, summary, pid, events
+    traces = sorted((p for p in work.glob("trace.*.bin") if p.stat().st_size > 4), key=lambda p: -p.stat().st_size)
+    return m, summary, dict(read_trace(path, lo, hi) for path in traces)
+
+
+def traced_run(
+    impl: str, extra: dict[str, str], scenario: cal.Scenario, duration: float, prefix: str
+) -> tuple[cal.Measurement, dict, int, list]:
+    """`traced_processes` with only the server traced: the measurement, the load report's
+    summary, and the traced server's pid and events of the measured window."""
+    m, summary, traces = traced_processes(impl, extra, scenario, duration, prefix)
+    pid = next(iter(traces))
+    return m, summary, pid, traces[pid]
 
 
 def main(argv: list[str]) -> int:
