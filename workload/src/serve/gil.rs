@@ -55,7 +55,9 @@ pub const CHECK_SLICE: Duration = Duration::from_micros(100);
 /// parses them, uvicorn schedules the request's task), and from the idle handle that runs the
 /// ready queue (the task step: the route, and the answer written with `uv_try_write`). The
 /// `gil_micro` experiment runs a request's Python in that many pieces, as its CPython twin does;
-/// the server instead holds the GIL per poll of a connection ([`Gil::hold_on_loop`]).
+/// the server instead holds the GIL per poll of a connection ([`Gil::hold_on_loop`]), in the four
+/// loop callbacks session 10 traced on uvicorn (a second, near-empty one besides these three:
+/// `crate::serve::routes::THREAD_POOL_LOOP_CALLBACKS`).
 pub const LOOP_CALLBACKS_PER_REQUEST: u32 = 3;
 
 /// Which kind of thread waited, for the `thread` label of `loopscale_gil_wait_seconds`.

@@ -326,6 +326,15 @@ fn resumed(s: &AppState) {
 /// `workload/reference/experiments/read_callback_share.py`).
 pub const READ_CALLBACK_SHARE: f64 = 0.12;
 
+/// The loop callbacks, so GIL sections, uvloop runs per `/hello` under uvicorn: traced on the
+/// reference FastAPI server (`workload/reference/experiments/gil_hold_trace.py`, session 10: `with
+/// gil` sections between two answers, 4 to 7, 4 the most common): the read buffer's allocation
+/// (under a µs), the read callback (20-24 µs), a second near-empty one and the task step. Each one
+/// the loop has to win from the pool threads under a convoy; with the read callback and the task
+/// step alone (two, up to session 15), a `/hello` sent at a constant rate under 4 `/cpu` waited
+/// 0.65-0.72 of FastAPI's time in every full run of sessions 11-15.
+pub const THREAD_POOL_LOOP_CALLBACKS: usize = 4;
+
 /// The share of the per-request overhead Node spends after the answer is written (the response's
 /// `finish`, the parser made ready for the connection's next request, the handler's closures
 /// collected): off the client's critical path, but the loop is still busy with it when the next
@@ -392,22 +401,29 @@ impl ConnectionMemory {
 
 /// The per-request framework cost on the loop.
 ///
-/// Thread-pool mode runs it as uvloop does, in two loop callbacks, each its own GIL section: the
-/// read callback ([`READ_CALLBACK_SHARE`], inside the poll that parsed the request), then, after
-/// a yield that ends the poll and so drops the GIL, the task step that runs the route and writes
-/// the answer. Under a GIL convoy each callback may wait a switch interval, which is why the
-/// number of callbacks matters more than their length. Node parses and calls the handler from one
-/// socket callback, so event-loop mode spends it in one piece before the answer, apart from the
-/// [`EVENT_LOOP_AFTER_ANSWER_SHARE`] it spends after it. (Thread-pool mode keeps all of it before
-/// the answer: uvicorn does some after too, but modelling that as a third GIL section made the
-/// convoy less like FastAPI's; see `workload/reference/README.md`.)
+/// Thread-pool mode runs it as uvloop does, in [`THREAD_POOL_LOOP_CALLBACKS`] loop callbacks, each
+/// its own GIL section (a yield ends the poll and so drops the GIL): the read buffer's allocation
+/// (next to no work), the read callback ([`READ_CALLBACK_SHARE`]), a near-empty callback, then the
+/// task step that runs the route and writes the answer. Under a GIL convoy each callback may wait
+/// a switch interval, which is why the number of callbacks matters more than their length. Node
+/// parses and calls the handler from one socket callback, so event-loop mode spends it in one
+/// piece before the answer, apart from the [`EVENT_LOOP_AFTER_ANSWER_SHARE`] it spends after it.
+/// (Thread-pool mode keeps all of it before the answer: uvicorn does some after too, but
+/// modelling that made the closed-model convoy less like FastAPI's; see
+/// `workload/reference/README.md`, sessions 10 and 15.)
 async fn request_overhead(State(s): Shared, req: Request, next: Next) -> Response {
     let overhead = s.config.request_overhead;
     let after_answer = match s.config.mode {
         Mode::ThreadPool => {
+            // The first callback, uvloop's read-buffer allocation (next to no Python): the poll
+            // that read and parsed the request ends here.
+            tokio::task::yield_now().await;
             let read = overhead.mul_f64(READ_CALLBACK_SHARE);
             framework_entry(&s, read, 0..s.working_set.len());
-            tokio::task::yield_now().await;
+            // The near-empty callbacks, then the task step.
+            for _ in 2..THREAD_POOL_LOOP_CALLBACKS {
+                tokio::task::yield_now().await;
+            }
             loop_work(&s, overhead.saturating_sub(read));
             None
         }
