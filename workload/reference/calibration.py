@@ -203,8 +203,9 @@ the answer, and whether it is back before the loop polls again (Express) or lets
 the runtime. The real runtimes' own closed-model figure moved by more than the tolerance from one
 full run to the next on this machine (the 13 full runs of sessions 11-15: Express 4.83-6.48 jobs,
 FastAPI 0.31-0.70), so no emulation could be within +-25% of it run after run; their open-model
-figure stayed within a few percent (Express 6.14-6.29, FastAPI 1.34-1.47). A /hello that arrives at a moment unrelated
-to the loop's, as a light request does in a service, is what the convoy means to users. Up to
+figure stayed within a few percent (Express 6.14-6.29, FastAPI 1.34-1.47). A /hello that arrives
+at a moment unrelated to the loop's, as a light request does in a service, is what the convoy
+means to users. Up to
 version 6 the metric was the latency over /hello's alone (`hello_slowdown_under_cpu`, also
 information), whose denominator is /hello's own cost at 1 in flight: that cost follows the
 machine's speed for the real runtimes and not for the emulation's overheads."""

@@ -44,10 +44,10 @@ def main(argv: list[str]) -> int:
         return 2
     runs = {Path(a).name: figures(Path(a)) for a in argv}
     short = {"express": "Express", "fastapi": "FastAPI", "emulated-event-loop": "EL", "emulated-thread-pool": "TP"}
-    print("run".ljust(24) + "".join(f"{short[i]:>8} closed / open  " for i in IMPLEMENTATIONS))
+    print("run".ljust(24) + "".join(f"{short[i] + ' closed / open':>23}" for i in IMPLEMENTATIONS))
     for name, by in runs.items():
         cells = "".join(
-            f"{by[i][FIGURES[0]] or 0:>15.2f} / {by[i][FIGURES[1]] or 0:<5.2f}" for i in IMPLEMENTATIONS
+            f"{by[i][FIGURES[0]] or 0:>16.2f} / {by[i][FIGURES[1]] or 0:4.2f}" for i in IMPLEMENTATIONS
         )
         print(name.ljust(24) + cells)
     print()
