@@ -705,9 +705,13 @@ class Settings:
     verbose: bool = True
 
 
-def run_scenario(settings: Settings, server: rs.Server, scenario: Scenario, rep: int) -> Measurement:
+def run_scenario(
+    settings: Settings, server: rs.Server, scenario: Scenario, rep: int, load_env: dict[str, str] | None = None
+) -> Measurement:
     """One run of `scenario` against `server`: the load generator (plus a background one), and a
-    CPU sample of the server's process group over the measured window."""
+    CPU sample of the server's process group over the measured window. `load_env` is added to the
+    load generators' environment (the experiments preload a tracer into them)."""
+    env = {**os.environ, **load_env} if load_env else None
     base = settings.work_dir / f"{server.name}-{scenario.name}-r{rep}"
     main_report = base.with_suffix(".json")
     main_argv = load_argv(
@@ -736,11 +740,11 @@ def run_scenario(settings: Settings, server: rs.Server, scenario: Scenario, rep:
             background_report,
         )
         with open(f"{base}-background.log", "wb") as bg_log:
-            procs.append(subprocess.Popen(bg_argv, stdout=subprocess.DEVNULL, stderr=bg_log))
+            procs.append(subprocess.Popen(bg_argv, stdout=subprocess.DEVNULL, stderr=bg_log, env=env))
         time.sleep(settings.warmup / 2)
     started = time.monotonic()
     with open(f"{base}.log", "wb") as main_log:
-        procs.insert(0, subprocess.Popen(main_argv, stdout=subprocess.DEVNULL, stderr=main_log))
+        procs.insert(0, subprocess.Popen(main_argv, stdout=subprocess.DEVNULL, stderr=main_log, env=env))
     cpu_start = cpu_end = None
     if scenario.measure_cpu:
         time.sleep(max(0.0, settings.warmup - (time.monotonic() - started)))

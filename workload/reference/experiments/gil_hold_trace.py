@@ -147,21 +147,11 @@ def traced_processes(
     env.update(extra)
     settings = cal.Settings(warmup=1.0, duration=duration, repetitions=1, work_dir=work, load_bin=load_bin, prime=3.0)
     server = rs.start(impl, 1, work, load_bin, env)
-    saved = {k: os.environ.get(k) for k in preload}
     try:
         cal.ServerPool(settings).prime(server)
-        if trace_load:
-            os.environ.update(preload)  # the load generators inherit it
-        try:
-            started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-            m = cal.run_scenario(settings, server, scenario, 0)
-            ended = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        m = cal.run_scenario(settings, server, scenario, 0, load_env=preload if trace_load else None)
+        ended = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         time.sleep(1.5)  # the tracer writes its log once a second
     finally:
         server.stop()
